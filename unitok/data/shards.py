@@ -1,0 +1,199 @@
+"""WebDataset shards: the one writer and the one reader that every stage uses.
+
+A sample is a dict of members keyed by extension, as webdataset stores them:
+- image shards: ``png`` (or ``jpg``) image, ``txt`` reference caption, ``json`` metadata;
+- code shards (from ``unitok tokenize``): ``codes.npy`` (int16/int32 grid of code ids), ``txt``, ``json``.
+
+``txt`` is the reference caption (what captioning should produce). ``json`` may carry
+``"paraphrases": [...]``: other phrasings of the same image, used only as text-to-image prompts.
+
+The reader follows ../ECOSYSTEM notes for DDP: training streams are resampled with an explicit
+node splitter and a fixed epoch length so every rank sees the same number of batches; validation
+gives every rank the whole set.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import webdataset as wds
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
+
+
+def shard_urls(source: str | os.PathLike | list[str]) -> list[str]:
+    """Expand a directory, a glob, a brace pattern (``train-{000000..000009}.tar``) or a list."""
+    if isinstance(source, (list, tuple)):
+        return [url for item in source for url in shard_urls(item)]
+    text = str(source)
+    path = Path(text)
+    if path.is_dir():
+        urls = sorted(str(p) for p in path.glob("*.tar"))
+    elif "{" in text:
+        import braceexpand
+
+        urls = list(braceexpand.braceexpand(text))
+    elif any(ch in text for ch in "*?["):
+        urls = sorted(glob.glob(text))
+    else:
+        urls = [text]
+    missing = [u for u in urls if "://" not in u and not Path(u).exists()]
+    if not urls or missing:
+        raise FileNotFoundError(
+            f"no shards found at {text!r}" + (f" (missing: {missing[:3]})" if missing else "")
+            + "; pass a folder of .tar shards, a glob or a brace pattern"
+        )
+    return urls
+
+
+class ShardWriter:
+    """Writes samples into numbered tar shards ``{prefix}-{index:06d}.tar`` in ``out_dir``.
+
+    Each shard is written under a temporary name and renamed when complete, so an interrupted
+    run never leaves a truncated shard that looks finished.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, prefix: str, max_count: int = 2000):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.prefix, self.max_count = prefix, max_count
+        self.shard_index, self.count_in_shard, self.total = 0, 0, 0
+        self._writer: wds.TarWriter | None = None
+        self._tmp_path: Path | None = None
+        self.paths: list[Path] = []
+
+    def write(self, sample: dict[str, Any]) -> None:
+        if self._writer is None or self.count_in_shard >= self.max_count:
+            self._finish_shard()
+            self._open_shard()
+        self._writer.write(sample)
+        self.count_in_shard += 1
+        self.total += 1
+
+    def _open_shard(self) -> None:
+        final = self.out_dir / f"{self.prefix}-{self.shard_index:06d}.tar"
+        self._tmp_path = final.with_suffix(".tar.tmp")
+        self._writer = wds.TarWriter(str(self._tmp_path))
+        self.count_in_shard = 0
+
+    def _finish_shard(self) -> None:
+        if self._writer is None:
+            return
+        self._writer.close()
+        final = self._tmp_path.with_suffix("")
+        os.replace(self._tmp_path, final)
+        self.paths.append(final)
+        self.shard_index += 1
+        self._writer = None
+
+    def close(self) -> None:
+        self._finish_shard()
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        elif self._writer is not None:  # keep finished shards, drop the partial one
+            self._writer.close()
+            self._tmp_path.unlink(missing_ok=True)
+
+
+def encode_png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class SkipCounter:
+    """A webdataset error handler that skips bad members, counts them and logs the first few."""
+
+    def __init__(self, what: str = "sample", log_first: int = 5):
+        self.what, self.log_first, self.count = what, log_first, 0
+
+    def __call__(self, error: Exception) -> bool:
+        self.count += 1
+        if self.count <= self.log_first:
+            log.warning("skipping corrupt %s (%d so far): %s", self.what, self.count, error)
+        return True  # continue with the next sample
+
+
+def _decode_sample(raw: dict[str, Any]) -> dict[str, Any]:
+    """Turn raw tar members into ``image`` (uint8 HWC RGB), ``codes``, ``caption`` and ``meta``."""
+    sample: dict[str, Any] = {"key": raw["__key__"]}
+    for ext in IMAGE_EXTENSIONS:
+        if ext in raw:
+            with Image.open(io.BytesIO(raw[ext])) as image:
+                sample["image"] = np.asarray(image.convert("RGB"))
+            break
+    if "codes.npy" in raw:
+        sample["codes"] = np.load(io.BytesIO(raw["codes.npy"]), allow_pickle=False)
+    if "txt" in raw:
+        sample["caption"] = raw["txt"].decode("utf-8")
+    sample["meta"] = json.loads(raw["json"].decode("utf-8")) if "json" in raw else {}
+    if "image" not in sample and "codes" not in sample:
+        raise ValueError(f"sample {raw['__key__']!r} has neither an image nor codes.npy member")
+    return sample
+
+
+def read_shards(
+    source: str | os.PathLike | list[str],
+    *,
+    training: bool,
+    samples_per_epoch: int | None = None,
+    shuffle_buffer: int = 1000,
+    transform: Callable[[dict[str, Any]], Any] | None = None,
+    skip_counter: SkipCounter | None = None,
+    seed: int = 0,
+) -> wds.WebDataset:
+    """The shared shard reader for tokenizer and LM training.
+
+    training=True: an endless resampled stream (split across DDP ranks and loader workers) cut
+    into epochs of ``samples_per_epoch`` samples per rank and worker-set, shuffled in a buffer.
+    training=False: one full, ordered pass over every shard on every rank.
+    ``transform`` maps each decoded sample (dict with ``image``/``codes``/``caption``/``meta``)
+    to what the model consumes; failures there are skipped and counted like corrupt members.
+    """
+    urls = shard_urls(source)
+    handler = skip_counter or SkipCounter()
+    if training:
+        dataset = wds.WebDataset(
+            urls, resampled=True, nodesplitter=wds.split_by_node, shardshuffle=False,
+            handler=handler, seed=seed, empty_check=False,
+        )
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed) if shuffle_buffer > 1 else dataset
+    else:
+        dataset = wds.WebDataset(
+            urls, resampled=False, nodesplitter=_every_node,
+            shardshuffle=False, handler=handler, empty_check=False,
+        )
+    dataset = dataset.map(_decode_sample, handler=handler)
+    if transform is not None:
+        dataset = dataset.map(transform, handler=handler)
+    if training:
+        if not samples_per_epoch:
+            raise ValueError("training streams are endless: pass samples_per_epoch")
+        dataset = dataset.with_epoch(samples_per_epoch)
+    return dataset
+
+
+def _every_node(urls: list[str]) -> list[str]:
+    """Validation: every rank reads every shard, so metrics are over the whole set."""
+    return urls
+
+
+def iterate_samples(source: str | os.PathLike | list[str]) -> Iterator[dict[str, Any]]:
+    """One ordered pass over decoded samples in this process (for tools and evaluation)."""
+    return iter(read_shards(source, training=False))

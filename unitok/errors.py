@@ -1,0 +1,5 @@
+"""Errors that carry a message meant for the user, shown by the CLI and the API without a traceback."""
+
+
+class UserError(Exception):
+    """A mistake in the user's input or setup; the message says what was wrong and what to do."""
