@@ -1,0 +1,33 @@
+# Two commands from a fresh machine (see README):
+#   make demo   set up .venv, then draw and caption images with the embedded default model
+#   make test   set up .venv, then run the test suite
+# PyTorch is pinned to the CPU wheel used here; on a GPU machine install the CUDA build of
+# torch first (pyproject.toml only asks for torch>=2.4) and `pip install -e '.[gpu]'`.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_PIN)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: setup
+	mkdir -p out
+	$(BIN)/unitok generate "a large red circle at the top left and a small blue square at the center on a white background" -n 4 --seed 0 --grid --out out/demo.png
+	$(BIN)/unitok caption out/demo.png
+
+# pytest exits 5 when it collects no test: that is a failure here too, as is any non-zero code.
+test: setup
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) out runs lightning_logs
