@@ -1,0 +1,52 @@
+"""The Shapes evaluator scores exactly what the analyzer and the caption parser read back."""
+
+import json
+
+from PIL import Image
+
+from unitok.data import shapes
+from unitok.evaluation.shapes_eval import attribute_hits, evaluate_shapes, write_report
+
+
+def perfect_generate(prompts, seed):
+    return [shapes.render(shapes.parse_caption(p), 64) for p in prompts]
+
+
+def perfect_caption(images):
+    return [shapes.canonical_caption(shapes.analyze(image)) for image in images]
+
+
+def test_a_perfect_model_scores_100_percent(tmp_path):
+    evaluation = evaluate_shapes(perfect_generate, perfect_caption, num_scenes=40, batch_size=16, progress=False)
+    scores = evaluation.as_dict()
+    for task in ("text_to_image_canonical", "text_to_image_paraphrased", "captioning", "round_trip"):
+        assert scores[task]["n"] == 40
+        assert scores[task]["exact"] == 1.0
+    paths = write_report(evaluation, tmp_path)
+    assert json.loads(paths["json"].read_text())["captioning"]["exact"] == 1.0
+    assert "| captioning" in paths["markdown"].read_text()
+    assert Image.open(paths["grid"]).size[0] > 0
+
+
+def test_wrong_colors_are_counted_per_attribute():
+    def recolor(prompts, seed):
+        images = []
+        for p in prompts:
+            scene = shapes.parse_caption(p)
+            wrong = [shapes.ShapeObject(o.position, o.size, "red" if o.color != "red" else "blue", o.shape)
+                     for o in scene.objects]
+            images.append(shapes.render(shapes.Scene(scene.background, tuple(wrong)), 64))
+        return images
+
+    scores = evaluate_shapes(recolor, lambda images: ["nonsense"] * len(images), num_scenes=20, progress=False).as_dict()
+    t2i = scores["text_to_image_canonical"]
+    assert t2i["exact"] == 0.0 and t2i["color"] == 0.0
+    assert t2i["shape"] == t2i["size"] == t2i["position"] == t2i["background"] == 1.0
+    assert scores["captioning"]["exact"] == 0.0 and scores["captioning"]["count"] == 0.0
+
+
+def test_attribute_hits_compare_objects_cell_by_cell():
+    truth = shapes.parse_caption("a large red circle at the top and a small blue plus at the center on a white background")
+    moved = shapes.parse_caption("a large red circle at the top and a small blue plus at the left on a white background")
+    hits = attribute_hits(truth, moved)
+    assert hits["count"] == 1.0 and hits["position"] == 0.0 and hits["color"] == 0.5
