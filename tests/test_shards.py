@@ -9,7 +9,7 @@ import pytest
 from unitok.cli import main
 from unitok.data import shapes
 from unitok.data.shapes_shards import scene_split, write_shapes_shards
-from unitok.data.shards import SkipCounter, ShardWriter, iterate_samples, read_shards, shard_urls
+from unitok.data.shards import ShardWriter, SkipCounter, iterate_samples, read_shards, shard_urls
 
 
 def _samples(folder):

@@ -132,18 +132,18 @@ def evaluate_shapes(
     for start, batch in _batches(list(range(num_scenes)), batch_size):
         truths = [scenes[i] for i in batch]
         images = generate([canonical[i] for i in batch], seed + start)
-        for truth, image, i in zip(truths, images, batch):
+        for truth, image, i in zip(truths, images, batch, strict=True):
             ok = t2i_canonical.add(truth, shapes.analyze(image))
             if len(examples) < 32:
                 examples.append((canonical[i], image, ok))
         # Round trip: the generated image is captioned and the caption parsed back.
-        for truth, text in zip(truths, caption(images)):
+        for truth, text in zip(truths, caption(images), strict=True):
             round_trip.add(truth, shapes.parse_caption(text))
         para_images = generate([paraphrases[i] for i in batch], seed + 100_000 + start)
-        for truth, image in zip(truths, para_images):
+        for truth, image in zip(truths, para_images, strict=True):
             t2i_paraphrased.add(truth, shapes.analyze(image))
         rendered = [shapes.render(t, image_size) for t in truths]
-        for truth, text in zip(truths, caption(rendered)):
+        for truth, text in zip(truths, caption(rendered), strict=True):
             captioning.add(truth, shapes.parse_caption(text))
         bar.update(4 * len(batch))
     bar.close()
