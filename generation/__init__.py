@@ -1,0 +1,26 @@
+"""Sampling and rendering: batched-CFG image-code sampling, captioning, the diffusers pipeline.
+
+Public names are imported lazily, so ``unitok generate --help`` and the command table do not
+import torch, transformers or diffusers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_PUBLIC = {
+    "UniTokPipeline": "generation.pipeline",
+    "SamplingOptions": "generation.token_choice",
+    "sample_image_codes": "generation.sampler",
+    "generate_captions": "generation.sampler",
+    "default_model_dir": "generation.default_model",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'generation' has no attribute {name!r}")
+    return getattr(importlib.import_module(_PUBLIC[name]), name)

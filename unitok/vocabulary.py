@@ -39,6 +39,9 @@ class UnifiedVocabulary:
     eos_id: int  # the text tokenizer's end-of-sequence id (ends a caption)
     pad_id: int  # id used for left padding (never attended to, never a target)
     special_names: tuple[str, ...] = field(default=tuple(SPECIALS))
+    # Text id that starts every sequence, or None. Decided once per tokenizer family
+    # (unitok.lm.text_tokenizer.vocabulary_for) and stored here so every consumer agrees.
+    bos_id: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
@@ -47,6 +50,8 @@ class UnifiedVocabulary:
             raise ValueError(f"invalid vocabulary sizes: {self}")
         if not 0 <= self.eos_id < self.text_size:
             raise ValueError(f"eos_id {self.eos_id} must be a text id (< {self.text_size})")
+        if self.bos_id is not None and not 0 <= self.bos_id < self.text_size:
+            raise ValueError(f"bos_id {self.bos_id} must be a text id (< {self.text_size})")
 
     # -- layout ------------------------------------------------------------------------------
     def special_id(self, name: str) -> int:

@@ -1,0 +1,319 @@
+"""``UniTokPipeline``: text-to-image and captioning with one LM, as a diffusers pipeline.
+
+A thin composition of three saved parts (diffusers' "a pipeline is a readable composition"):
+
+- ``lm``: the unified causal LM (a plain transformers checkpoint);
+- ``text_tokenizer``: its text tokenizer (already extended with UniTok's tokens);
+- ``image_tokenizer``: the VQ tokenizer, whose decoder renders codes to pixels and whose encoder
+  turns images into codes for captioning.
+
+The vocabulary layout (``unitok_vocabulary.json``) travels in the ``lm`` subfolder, so that
+folder stays a complete UniTok LM export, and is checked against all three parts on load.
+
+Layout on disk (``save_pretrained``)::
+
+    model_index.json          names this class and the three parts
+    lm/                       config.json, model.safetensors, generation_config.json, unitok_vocabulary.json
+    text_tokenizer/           tokenizer.json, tokenizer_config.json, ...
+    image_tokenizer/          config.json, diffusion_pytorch_model.safetensors
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers.models.attention_processor import Attention
+from diffusers.utils import is_xformers_available
+from PIL import Image
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from generation.decoder import context_length
+from generation.default_model import resolve_model_dir
+from generation.sampler import generate_captions, sample_image_codes
+from generation.token_choice import SamplingOptions
+from tokenizer.images import pil_to_tensor, tensor_to_pil
+from tokenizer.model import VQTokenizer
+from unitok.atomic import atomic_directory
+from unitok.errors import UserError
+from unitok.lm.model import load_unified_lm
+from unitok.lm.text_tokenizer import check_tokenizer, decode_text, encode_text
+from unitok.vocabulary import UnifiedVocabulary
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")  # "latent": the code grids themselves, [N, h, w] long
+
+
+class UniTokPipeline(DiffusionPipeline):
+    """Draw images for prompts (``__call__``) and describe images (``caption``) with one LM."""
+
+    model_cpu_offload_seq = "lm->image_tokenizer"
+
+    def __init__(
+        self,
+        lm: PreTrainedModel,
+        text_tokenizer: PreTrainedTokenizerBase,
+        image_tokenizer: VQTokenizer,
+        vocabulary: UnifiedVocabulary | None = None,
+    ):
+        super().__init__()
+        if vocabulary is None:
+            raise ValueError("UniTokPipeline needs the LM's vocabulary: build it with UniTokPipeline.from_parts "
+                             "or load it with UniTokPipeline.from_pretrained")
+        check_parts(vocabulary, lm, text_tokenizer, image_tokenizer)
+        self.register_modules(lm=lm, text_tokenizer=text_tokenizer, image_tokenizer=image_tokenizer)
+        self.vocabulary = vocabulary
+
+    # -- building, saving, loading -------------------------------------------------------------
+
+    @classmethod
+    def from_parts(
+        cls, lm_dir: str | os.PathLike, image_tokenizer_dir: str | os.PathLike, dtype: torch.dtype | None = None
+    ) -> UniTokPipeline:
+        """Assemble a pipeline from an exported LM folder and an image tokenizer folder."""
+        lm, text_tokenizer, vocabulary = load_unified_lm(lm_dir, dtype=dtype)
+        folder = Path(image_tokenizer_dir)
+        if not (folder / "config.json").is_file():
+            raise UserError(f"{folder} is not an image tokenizer folder (no config.json); "
+                            "export one with `unitok tokenizer export`")
+        image_tokenizer = VQTokenizer.from_pretrained(folder).eval()
+        return cls(lm=lm.eval(), text_tokenizer=text_tokenizer, image_tokenizer=image_tokenizer, vocabulary=vocabulary)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """diffusers' layout plus the vocabulary in ``lm/``; written to a temporary sibling
+        folder and renamed into place, so the target is never half written."""
+        with atomic_directory(save_directory) as tmp:
+            super().save_pretrained(tmp, **kwargs)
+            self.vocabulary.save(tmp / "lm")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> UniTokPipeline:
+        """Load a folder written by ``save_pretrained`` (local folders only: nothing is downloaded)."""
+        folder = resolve_model_dir(pretrained_model_name_or_path)
+        vocabulary = UnifiedVocabulary.load(folder / "lm")
+        pipeline = super().from_pretrained(folder, vocabulary=vocabulary, **kwargs)
+        if not {"torch_dtype", "dtype"} & kwargs.keys() and pipeline.lm.dtype != torch.float32:
+            # A folder saved in half precision (to keep it small) loads in fp32, the CPU default;
+            # configure_runtime picks half precision again on a GPU.
+            pipeline.lm.to(torch.float32)
+        return pipeline
+
+    # -- device, dtype, attention --------------------------------------------------------------
+
+    def to(self, *args, **kwargs) -> UniTokPipeline:
+        """diffusers' ``to``, except that the image tokenizer stays in fp32.
+
+        Its vector-quantize-pytorch quantizer computes in fp32 and fails on half-precision
+        weights; the tokenizer is small next to the LM, so this costs little on a GPU.
+        """
+        super().to(*args, **kwargs)
+        self.image_tokenizer.to(torch.float32)
+        return self
+
+    def configure_runtime(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> str:
+        """Move to ``device`` (default: CUDA when available) in the right dtype; pick attention.
+
+        CPU runs in fp32. CUDA runs the LM in bf16 when the GPU supports it, else fp16 (the image
+        tokenizer stays fp32, see ``to``). The image
+        decoder's attention layers use xformers when it is installed, PyTorch SDPA otherwise; the
+        LM uses the attention implementation transformers chose (SDPA by default). Returns (and
+        logs) one line saying which.
+        """
+        device = _device(device) if device is not None else _best_device()
+        if dtype is None:
+            dtype = torch.float32 if device.type != "cuda" else (
+                torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+        self.to(device)  # no dtype here: diffusers warns on every dtype cast of the image tokenizer
+        self.lm.to(dtype)
+        decoder_attention = "sdpa"
+        if device.type == "cuda" and is_xformers_available():
+            try:
+                self.enable_xformers_memory_efficient_attention()
+                decoder_attention = "xformers"
+            except (ModuleNotFoundError, ValueError) as error:
+                logger.warning("xformers is installed but unusable (%s); using SDPA", error)
+        layers = sum(isinstance(m, Attention) for m in self.image_tokenizer.modules())
+        lm_attention = getattr(self.lm.config, "_attn_implementation", None) or "default"
+        line = (f"UniTok on {device} in {str(dtype).removeprefix('torch.')}: LM attention {lm_attention}, "
+                f"image decoder attention {decoder_attention} ({layers} attention layers)")
+        logger.info(line)
+        return line
+
+    # -- text-to-image ---------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        prompt: str | Sequence[str],
+        num_images_per_prompt: int = 1,
+        guidance_scale: float | Sequence[float] = 3.0,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        batch_size: int = 16,
+    ) -> ImagePipelineOutput | tuple:
+        """Draw ``num_images_per_prompt`` images for each prompt.
+
+        ``guidance_scale``: one for all prompts or one per prompt; 1 means no guidance (and no
+        unconditional rows). ``generator``: one for the whole call, or one per image (image ``k``
+        of prompt ``i`` is image ``i * num_images_per_prompt + k``) to make each image independent
+        of the others in the call and of ``batch_size`` (how many images share a forward pass).
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise UserError("give at least one prompt")
+        if num_images_per_prompt <= 0:
+            raise UserError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
+        if output_type not in OUTPUT_TYPES:
+            raise UserError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if batch_size <= 0:
+            raise UserError(f"batch_size must be >= 1, got {batch_size}")
+        options = _options(temperature, top_k, top_p)
+        scales = _scales(guidance_scale, len(prompts))
+        text_ids = [self.encode_prompt(p) for p in prompts]
+        # One row per image; chunks of rows share a forward pass.
+        row_ids = [ids for ids in text_ids for _ in range(num_images_per_prompt)]
+        row_scales = [s for s in scales for _ in range(num_images_per_prompt)]
+        generators = _per_row(generator, len(row_ids))
+        steps = self.vocabulary.tokens_per_image
+        codes = []
+        with self.progress_bar(total=len(row_ids) * steps) as bar:
+            for start in range(0, len(row_ids), batch_size):
+                stop = min(start + batch_size, len(row_ids))
+                chunk_scales = row_scales[start:stop]
+                codes.append(sample_image_codes(
+                    self.lm, self.vocabulary, row_ids[start:stop],
+                    guidance_scale=None if all(s == 1.0 for s in chunk_scales) else chunk_scales,
+                    options=options,
+                    generator=generators if not isinstance(generators, list) else generators[start:stop],
+                    progress=bar.update,
+                ))
+        codes = torch.cat(codes)
+        images = codes if output_type == "latent" else self.decode_codes(codes, output_type)
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """Prompt text -> text ids, checked to fit the LM's context with a whole image after it."""
+        ids = encode_text(self.text_tokenizer, prompt)
+        limit = context_length(self.lm)
+        # [bos] prompt <|boi|> codes <|eoi|>
+        needed = (self.vocabulary.bos_id is not None) + len(ids) + 2 + self.vocabulary.tokens_per_image
+        if limit is not None and needed > limit:
+            room = len(ids) - (needed - limit)
+            raise UserError(f"prompt is too long: {len(ids)} tokens, but the model's context of {limit} positions "
+                            f"leaves room for {max(room, 0)} prompt tokens next to an image "
+                            f"({self.vocabulary.tokens_per_image} codes): {prompt[:60]!r}")
+        return ids
+
+    def decode_codes(self, codes: torch.Tensor, output_type: str = "pil") -> list[Image.Image] | np.ndarray | torch.Tensor:
+        """Code grids ``[N, h, w]`` -> images through the image tokenizer's decoder.
+
+        One image at a time: a convolution's float sums depend a little on the batch (~1e-6),
+        enough to flip a rounded pixel now and then, and the same codes should give the same
+        PNG whatever they were drawn with. Sampling, not decoding, is where the time goes.
+        """
+        codes = codes.to(self.image_tokenizer.device)
+        pixels = torch.cat([self.image_tokenizer.decode(codes[i : i + 1]) for i in range(codes.shape[0])]).float()
+        if output_type == "pil":
+            return tensor_to_pil(pixels)
+        unit = pixels.add(1.0).div(2.0).clamp(0.0, 1.0).cpu()  # diffusers' convention: [0, 1]
+        return unit if output_type == "pt" else unit.permute(0, 2, 3, 1).numpy()
+
+    # -- captioning ------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def caption(
+        self,
+        images: Image.Image | Sequence[Image.Image] | torch.Tensor,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        batch_size: int = 32,
+    ) -> list[str]:
+        """One caption per image (PIL images, or a ``[B, 3, H, W]`` tensor in [-1, 1]); greedy by default."""
+        if isinstance(images, Image.Image):
+            images = [images]
+        if not isinstance(images, torch.Tensor):
+            images = pil_to_tensor(list(images), self.image_tokenizer.image_size)
+        if max_new_tokens <= 0:
+            raise UserError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        options = _options(temperature, top_k, top_p)
+        generators = _per_row(generator, images.shape[0])
+        captions = []
+        for start in range(0, images.shape[0], batch_size):
+            stop = min(start + batch_size, images.shape[0])
+            batch = images[start:stop].to(self.image_tokenizer.device, self.image_tokenizer.dtype)
+            codes = self.image_tokenizer.encode(batch)
+            ids = generate_captions(
+                self.lm, self.vocabulary, codes, max_new_tokens=max_new_tokens, options=options,
+                generator=generators if not isinstance(generators, list) else generators[start:stop],
+            )
+            captions.extend(decode_text(self.text_tokenizer, row) for row in ids)
+        return captions
+
+
+def check_parts(
+    vocabulary: UnifiedVocabulary, lm: PreTrainedModel, text_tokenizer: PreTrainedTokenizerBase, image_tokenizer: VQTokenizer
+) -> None:
+    """Fail with a clear message unless the three parts fit the vocabulary layout."""
+    if image_tokenizer.config.quantizer == "residual":
+        raise UserError("the pipeline needs one code per grid cell; a residual (multi-code) image tokenizer "
+                        "does not fit the unified vocabulary")
+    vocabulary.check_compatible(
+        codebook_size=image_tokenizer.codebook_size,
+        grid=image_tokenizer.grid_size,
+        lm_vocab_size=lm.get_input_embeddings().num_embeddings,
+    )
+    check_tokenizer(text_tokenizer, vocabulary)
+
+
+def _device(name: str | torch.device) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise UserError(f"unknown device {name!r} (use cpu, cuda, cuda:1, ...): {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for, but CUDA is not available here; use --device cpu")
+    return device
+
+
+def _best_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _options(temperature: float, top_k: int | None, top_p: float | None) -> SamplingOptions:
+    try:
+        return SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p)
+    except ValueError as error:
+        raise UserError(str(error)) from error
+
+
+def _scales(guidance_scale: float | Sequence[float], num_prompts: int) -> list[float]:
+    scales = [guidance_scale] * num_prompts if isinstance(guidance_scale, int | float) else list(guidance_scale)
+    if len(scales) != num_prompts:
+        raise UserError(f"got {len(scales)} guidance scales for {num_prompts} prompts")
+    if not all(np.isfinite(float(s)) for s in scales):
+        raise UserError(f"guidance scale must be a finite number, got {guidance_scale}")
+    return [float(s) for s in scales]
+
+
+def _per_row(
+    generator: torch.Generator | Sequence[torch.Generator] | None, rows: int
+) -> torch.Generator | list[torch.Generator] | None:
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    generators = list(generator)
+    if len(generators) != rows:
+        raise UserError(f"got {len(generators)} generators for {rows} images: pass one per image, or a single one")
+    return generators

@@ -1,0 +1,159 @@
+"""Autoregressive sampling of image codes (text-to-image with batched CFG) and of captions.
+
+Rows and seeds. ``sample_image_codes`` makes ``len(prompts) * num_images_per_prompt`` images;
+image ``k`` of prompt ``i`` is row ``i * num_images_per_prompt + k``. Pass one generator per
+row to make every image depend only on its prompt, its guidance scale and its generator: then
+a batch of many prompts gives exactly the images that one-by-one calls with the same generators
+give (see ``token_choice.uniform_streams``).
+
+Classifier-free guidance. The conditional rows ``[bos] caption <|boi|>`` and as many
+unconditional rows ``[bos] <|uncond|> <|boi|>`` are left-padded into one batch and decoded
+together, sharing one forward pass and one KV cache per step; each image's unconditional row is
+fed the codes its conditional row sampled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from transformers import PreTrainedModel
+
+from generation import llama_decoder
+from generation.decoder import CachedDecoder
+from generation.token_choice import SamplingOptions, choose_tokens, guide, uniform_streams
+from unitok.lm.sequences import Prompt, captioning_prompt, text_to_image_prompt, unconditional_prompt
+from unitok.vocabulary import UnifiedVocabulary
+
+Generators = torch.Generator | Sequence[torch.Generator] | None
+# Called with the number of tokens just decoded (``tqdm.update`` fits).
+Progress = Callable[[int], Any]
+SAMPLING = SamplingOptions()  # plain sampling at temperature 1: the text-to-image default
+GREEDY = SamplingOptions(temperature=0.0)  # the captioning default: deterministic captions
+
+
+@torch.inference_mode()
+def sample_image_codes(
+    model: PreTrainedModel,
+    vocab: UnifiedVocabulary,
+    prompts: Sequence[Sequence[int]],
+    *,
+    num_images_per_prompt: int = 1,
+    guidance_scale: float | Sequence[float] | None = 3.0,
+    options: SamplingOptions = SAMPLING,
+    generator: Generators = None,
+    progress: Progress | None = None,
+) -> torch.Tensor:
+    """Draw ``[len(prompts) * num_images_per_prompt, h, w]`` image codes for captions' text ids.
+
+    ``guidance_scale`` is one scale for all prompts, one per prompt, or None for no guidance (no
+    unconditional rows at all). Exactly ``h * w`` codes are drawn per image, each from the
+    image-code range only; ``<|eoi|>`` follows by construction and is never sampled.
+    """
+    if num_images_per_prompt <= 0:
+        raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
+    rows = len(prompts) * num_images_per_prompt
+    text_ids = [list(ids) for ids in prompts for _ in range(num_images_per_prompt)]
+    prompt = text_to_image_prompt(text_ids, vocab)
+    scales = _row_scales(guidance_scale, len(prompts), num_images_per_prompt, model.device)
+    if scales is not None:
+        prompt = stack_prompts(prompt, unconditional_prompt(rows, vocab), pad_id=vocab.pad_id)
+
+    steps = vocab.tokens_per_image
+    code_range = range(vocab.image_offset, vocab.image_offset + vocab.codebook_size)
+    # Room for every code and the closing <|eoi|>, so the whole sequence fits the context.
+    decoder = open_decoder(model, prompt, code_range, max_new_tokens=steps + 1)
+    uniforms = uniform_streams(generator, rows, steps, model.device)
+    codes = torch.empty(rows, steps, dtype=torch.long, device=model.device)
+    logits = decoder.prefill()
+    for t in range(steps):
+        if scales is not None:
+            logits = guide(logits[:rows].float(), logits[rows:].float(), scales)
+        codes[:, t] = choose_tokens(logits, uniforms[:, t], options)
+        if t + 1 < steps:
+            ids = codes[:, t] + vocab.image_offset
+            logits = decoder.step(ids if scales is None else ids.repeat(2))
+        if progress is not None:
+            progress(1)
+    return rearrange(codes, "n (h w) -> n h w", h=vocab.grid[0], w=vocab.grid[1])
+
+
+def open_decoder(
+    model: PreTrainedModel, prompt: Prompt, id_range: range, max_new_tokens: int
+) -> CachedDecoder | llama_decoder.LlamaDecoder:
+    """The fast Llama path when it applies to ``model``, else the generic transformers path."""
+    if llama_decoder.supports(model):
+        return llama_decoder.LlamaDecoder(model, prompt, id_range, max_new_tokens)
+    return CachedDecoder(model, prompt, id_range, max_new_tokens)
+
+
+def _row_scales(
+    guidance_scale: float | Sequence[float] | None, num_prompts: int, per_prompt: int, device: torch.device
+) -> torch.Tensor | None:
+    if guidance_scale is None:
+        return None
+    if isinstance(guidance_scale, int | float):
+        guidance_scale = [float(guidance_scale)] * num_prompts
+    if len(guidance_scale) != num_prompts:
+        raise ValueError(f"got {len(guidance_scale)} guidance scales for {num_prompts} prompts")
+    scales = torch.tensor([float(s) for s in guidance_scale], dtype=torch.float32, device=device)
+    if not torch.isfinite(scales).all():
+        raise ValueError(f"guidance scales must be finite, got {list(guidance_scale)}")
+    return scales.repeat_interleave(per_prompt)
+
+
+def stack_prompts(*prompts: Prompt, pad_id: int) -> Prompt:
+    """Left-pad several prompt batches to one length and stack their rows, in order."""
+    length = max(p.input_ids.shape[1] for p in prompts)
+
+    def pad(t: torch.Tensor, value: int) -> torch.Tensor:
+        return F.pad(t, (length - t.shape[1], 0), value=value)
+
+    return Prompt(
+        input_ids=torch.cat([pad(p.input_ids, pad_id) for p in prompts]),
+        attention_mask=torch.cat([pad(p.attention_mask, 0) for p in prompts]),
+        position_ids=torch.cat([pad(p.position_ids, 0) for p in prompts]),
+    )
+
+
+@torch.inference_mode()
+def generate_captions(
+    model: PreTrainedModel,
+    vocab: UnifiedVocabulary,
+    codes: torch.Tensor,
+    *,
+    max_new_tokens: int = 64,
+    options: SamplingOptions = GREEDY,
+    generator: Generators = None,
+    progress: Progress | None = None,
+) -> list[list[int]]:
+    """Caption image codes ``[B, h, w]``: text ids per image, without the closing EOS.
+
+    Decoding is restricted to text ids, greedy by default, and stops at EOS or after
+    ``max_new_tokens`` tokens. Rows that have finished are fed EOS until the batch is done.
+    """
+    if max_new_tokens <= 0:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    rows = codes.shape[0]
+    decoder = open_decoder(model, captioning_prompt(codes.cpu(), vocab), range(vocab.text_size), max_new_tokens)
+    uniforms = uniform_streams(generator, rows, max_new_tokens, model.device)
+    tokens = torch.full((rows, max_new_tokens), vocab.eos_id, dtype=torch.long, device=model.device)
+    finished = torch.zeros(rows, dtype=torch.bool, device=model.device)
+    logits = decoder.prefill()
+    for t in range(max_new_tokens):
+        chosen = choose_tokens(logits, uniforms[:, t], options).masked_fill_(finished, vocab.eos_id)
+        tokens[:, t] = chosen
+        finished |= chosen == vocab.eos_id
+        if progress is not None:
+            progress(1)
+        if bool(finished.all()) or t + 1 == max_new_tokens:
+            break
+        logits = decoder.step(chosen)
+    return [_until_eos(row, vocab.eos_id) for row in tokens.tolist()]
+
+
+def _until_eos(ids: list[int], eos_id: int) -> list[int]:
+    return ids[: ids.index(eos_id)] if eos_id in ids else ids

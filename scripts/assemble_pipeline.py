@@ -1,0 +1,46 @@
+"""Assemble a ``UniTokPipeline`` folder from an exported LM and an image tokenizer, and save it.
+
+    python scripts/assemble_pipeline.py LM_DIR TOKENIZER_DIR OUT_DIR [--fp16]
+
+``LM_DIR`` is an exported UniTok LM (``unitok lm export``: HF model + tokenizer files +
+``unitok_vocabulary.json``), ``TOKENIZER_DIR`` an image tokenizer folder (``unitok tokenizer
+export``). The parts are checked against the vocabulary, then written with ``save_pretrained``
+(atomically). ``--fp16`` stores the LM weights in half precision to halve the folder; loading
+brings them back to fp32 on CPU. For the embedded default, ``OUT_DIR`` is
+``unitok/assets/unitok-shapes``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from generation.pipeline import UniTokPipeline
+from unitok.errors import UserError
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("lm_dir", type=Path)
+    parser.add_argument("tokenizer_dir", type=Path)
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--fp16", action="store_true", help="store the LM weights in float16")
+    args = parser.parse_args()
+    try:
+        pipeline = UniTokPipeline.from_parts(args.lm_dir, args.tokenizer_dir)
+        if args.fp16:
+            pipeline.lm.to(torch.float16)
+        pipeline.save_pretrained(args.out_dir)
+    except UserError as error:
+        print(f"assemble_pipeline: error: {error}", file=sys.stderr)
+        return 2
+    size = sum(f.stat().st_size for f in args.out_dir.rglob("*") if f.is_file()) / 1e6
+    print(f"wrote {args.out_dir} ({size:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

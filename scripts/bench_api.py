@@ -1,0 +1,231 @@
+"""Benchmark the captioning API: requests/s and p50/p99 latency at several concurrencies, with
+micro-batching on and off, in one run.
+
+Each mode starts a real ``unitok serve`` subprocess (so client and server do not share a GIL),
+then sends single-image caption requests (Shapes scenes as PNG) from an async httpx client at
+each concurrency. It also checks that both modes return the same caption for the same image
+(batching must not change results).
+
+    .venv/bin/python scripts/bench_api.py                 # the embedded default model
+    .venv/bin/python scripts/bench_api.py --model DIR     # a saved pipeline folder
+
+Without a default model (and without ``--model``) it builds a tiny random pipeline and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from unitok.data.shapes import random_scene, render
+
+
+@dataclass
+class LevelResult:
+    mode: str
+    concurrency: int
+    requests: int
+    seconds: float
+    latencies_ms: list[float]
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _model_dir(args: argparse.Namespace, scratch: Path) -> tuple[str, str]:
+    """The model folder to serve and a sentence saying which model it is."""
+    from generation.default_model import default_model_dir, resolve_model_dir
+    from unitok.errors import UserError
+
+    if args.model:
+        return str(resolve_model_dir(args.model)), f"model: {args.model}"
+    try:
+        return str(default_model_dir()), f"model: the embedded default model ({default_model_dir()})"
+    except UserError:
+        pass
+    from transformers.utils import logging as transformers_logging
+
+    from generation.random_model import random_pipeline
+    from unitok.lm.model import ScratchConfig
+
+    transformers_logging.disable_progress_bar()
+
+    # The default model's architecture with random weights. A wide init (0.3) keeps the random LM
+    # from ending every caption at once, so each caption runs its full --max-caption-tokens steps.
+    path = scratch / "random-default-architecture"
+    random_pipeline(ScratchConfig(initializer_range=0.3)).save_pretrained(path)
+    return str(path), ("model: RANDOM weights in the default model's architecture (no embedded default "
+                       f"model is installed); captions run {args.max_caption_tokens} tokens each")
+
+
+def _test_images(count: int, size: int, seed: int) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(count):
+        buffer = io.BytesIO()
+        render(random_scene(rng), size).save(buffer, format="PNG")
+        images.append(buffer.getvalue())
+    return images
+
+
+class Server:
+    """A ``unitok serve`` subprocess; its log goes to a file so a failure can be shown."""
+
+    def __init__(self, model: str, max_batch: int, args: argparse.Namespace, log_path: Path) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        command = [sys.executable, "-m", "unitok.cli", "serve", "--port", str(self.port), "--model", model,
+                   "--max-batch", str(max_batch), "--max-wait-ms", str(args.max_wait_ms),
+                   "--max-caption-tokens", str(args.max_caption_tokens)]
+        if args.torch_threads is not None:
+            command += ["--torch-threads", str(args.torch_threads)]
+        env = {k: v for k, v in os.environ.items() if k != "UNITOK_API_KEY"}
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log_path.open("w"), env=env)
+
+    def wait_ready(self, timeout_s: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit(f"server exited with code {self.process.returncode}:\n{self.log_path.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise SystemExit(f"server did not become ready in {timeout_s:.0f} s:\n{self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+async def _caption(client: httpx.AsyncClient, image: bytes) -> tuple[str, float]:
+    started = time.perf_counter()
+    response = await client.post("/v1/captions", files=[("images", ("scene.png", image, "image/png"))])
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    if response.status_code != 200:
+        raise SystemExit(f"caption request failed: {response.status_code} {response.text}")
+    return response.json()["captions"][0], elapsed_ms
+
+
+async def _run_level(url: str, images: list[bytes], concurrency: int, requests: int,
+                     captions: dict[int, str]) -> tuple[float, list[float]]:
+    """Send ``requests`` caption requests, ``concurrency`` in flight at a time."""
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=600) as client:
+        next_index = 0
+        latencies: list[float] = []
+
+        async def worker() -> None:
+            nonlocal next_index
+            while next_index < requests:
+                index = next_index
+                next_index += 1
+                caption, elapsed_ms = await _caption(client, images[index % len(images)])
+                captions[index % len(images)] = caption
+                latencies.append(elapsed_ms)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return time.perf_counter() - started, latencies
+
+
+def _bench(model: str, args: argparse.Namespace, images: list[bytes],
+           scratch: Path) -> tuple[list[LevelResult], dict[str, dict[int, str]]]:
+    """Both servers run side by side and each concurrency level is measured on one right after
+    the other, so a busy neighbour on a shared machine slows both modes alike."""
+    modes = {"on": args.max_batch, "off": 1}
+    servers = {mode: Server(model, max_batch, args, scratch / f"server-{mode}.log") for mode, max_batch in modes.items()}
+    captions: dict[str, dict[int, str]] = {mode: {} for mode in modes}
+    results = []
+    try:
+        for mode, server in servers.items():
+            server.wait_ready()
+            asyncio.run(_run_level(server.url, images, 4, 16, captions[mode]))  # warm-up: first calls are slow
+        for concurrency in args.concurrency:
+            requests = max(args.requests, 2 * concurrency)
+            for mode, server in servers.items():
+                seconds, latencies = asyncio.run(_run_level(server.url, images, concurrency, requests, captions[mode]))
+                results.append(LevelResult(mode, concurrency, requests, seconds, latencies))
+                print(f"  batching {mode:>3}  c={concurrency:<3} {requests / seconds:7.2f} req/s  "
+                      f"p50 {statistics.median(latencies):8.0f} ms  p99 {np.percentile(latencies, 99):8.0f} ms",
+                      flush=True)
+        for mode, server in servers.items():
+            stats = httpx.get(f"{server.url}/healthz").json()["batching"]["captions"]
+            print(f"  batching {mode:>3}: {stats['items']} images in {stats['batches']} model calls "
+                  f"(largest {stats['largest_batch']})", flush=True)
+    finally:
+        for server in servers.values():
+            server.stop()
+    return results, captions
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="a saved pipeline folder (default: the embedded model)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--requests", type=int, default=48, help="requests per level and mode (at least 2x concurrency)")
+    parser.add_argument("--max-batch", type=int, default=16, help="max batch with batching on")
+    parser.add_argument("--max-wait-ms", type=float, default=10.0)
+    parser.add_argument("--max-caption-tokens", type=int, default=24,
+                        help="caption length cap (about a Shapes caption; default %(default)s)")
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="passed to unitok serve (default: torch's own, one per core)")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--images", type=int, default=64, help="distinct test images")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench_api_") as tmp:
+        scratch = Path(tmp)
+        model, which = _model_dir(args, scratch)
+        print(which)
+        threads = args.torch_threads or "torch default"
+        print(f"torch threads per server: {threads}; host: {os.cpu_count()} cores. Each request: 1 image "
+              f"({args.image_size}x{args.image_size} PNG); max wait {args.max_wait_ms} ms.", flush=True)
+        images = _test_images(args.images, args.image_size, seed=0)
+        results, captions = _bench(model, args, images, scratch)
+
+    print(f"\n| concurrency | batching on (max {args.max_batch}): req/s, p50, p99 | batching off: req/s, p50, p99 | speed-up |")
+    print("|---|---|---|---|")
+    on = [r for r in results if r.mode == "on"]
+    off = [r for r in results if r.mode == "off"]
+    for a, b in zip(on, off, strict=True):
+        print(f"| {a.concurrency} | {a.rps:.1f}, {a.percentile(50):.0f} ms, {a.percentile(99):.0f} ms "
+              f"| {b.rps:.1f}, {b.percentile(50):.0f} ms, {b.percentile(99):.0f} ms | {a.rps / b.rps:.2f}x |")
+    common = captions["on"].keys() & captions["off"].keys()
+    differing = sum(captions["on"][i] != captions["off"][i] for i in common)
+    print(f"\ncaptions differing between batched and unbatched serving: {differing} of {len(common)} images")
+    return 1 if differing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""The micro-batcher on its own: coalescing, order, batching off, errors, and abandoned callers."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from unitok.api.batching import MicroBatcher, QueueFull
+
+
+class RecordingSquarer:
+    """Squares numbers, slowly, and records the batches it was called with and from which thread."""
+
+    def __init__(self, delay_s: float = 0.05) -> None:
+        self.delay_s = delay_s
+        self.batches: list[list[int]] = []
+        self.threads: set[str] = set()
+
+    def __call__(self, items: list[int]) -> list[int]:
+        self.batches.append(list(items))
+        self.threads.add(threading.current_thread().name)
+        time.sleep(self.delay_s)
+        if any(x < 0 for x in items):
+            raise ValueError("negative input")
+        return [x * x for x in items]
+
+
+def run_with_batcher(model, max_batch: int, max_wait_ms: float, scenario, max_queue: int = 1024):
+    async def main():
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="model") as executor:
+            batcher = MicroBatcher(model, max_batch=max_batch, max_wait_ms=max_wait_ms, executor=executor,
+                                   max_queue=max_queue)
+            batcher.start()
+            try:
+                return await scenario(batcher)
+            finally:
+                await batcher.stop()
+
+    return asyncio.run(main())
+
+
+def test_concurrent_requests_share_batches_and_get_their_own_results():
+    model = RecordingSquarer()
+
+    async def scenario(batcher):
+        requests = [[i] for i in range(20)] + [[100, 101, 102]]
+        results = await asyncio.gather(*(batcher.submit(r) for r in requests))
+        return requests, results, batcher.stats
+
+    requests, results, stats = run_with_batcher(model, max_batch=8, max_wait_ms=50, scenario=scenario)
+    for request, result in zip(requests, results, strict=True):
+        assert [r.value for r in result] == [x * x for x in request]
+    assert all(len(batch) <= 8 for batch in model.batches)
+    assert len(model.batches) == 3 and stats.largest_batch == 8 and stats.items == 23
+    assert model.threads == {"model_0"}, "the model must run off the event loop, in the executor"
+    assert all(r.batch_size == 8 for r in results[0])
+
+
+def test_max_batch_one_runs_each_item_alone():
+    model = RecordingSquarer(delay_s=0.0)
+
+    async def scenario(batcher):
+        return await asyncio.gather(*(batcher.submit([i, i + 1]) for i in range(5)))
+
+    results = run_with_batcher(model, max_batch=1, max_wait_ms=10, scenario=scenario)
+    assert all(len(batch) == 1 for batch in model.batches) and len(model.batches) == 10
+    assert [[r.value for r in result] for result in results] == [[i * i, (i + 1) ** 2] for i in range(5)]
+
+
+def test_a_lone_request_waits_at_most_max_wait():
+    model = RecordingSquarer(delay_s=0.0)
+
+    async def scenario(batcher):
+        started = time.perf_counter()
+        [result] = await batcher.submit([3])
+        return result, time.perf_counter() - started
+
+    result, elapsed = run_with_batcher(model, max_batch=16, max_wait_ms=30, scenario=scenario)
+    assert result.value == 9 and result.batch_size == 1
+    assert 0.025 <= elapsed < 1.0
+
+
+def test_a_failing_batch_fails_its_callers_and_the_worker_keeps_serving():
+    model = RecordingSquarer(delay_s=0.0)
+
+    async def scenario(batcher):
+        with pytest.raises(ValueError, match="negative input"):
+            await batcher.submit([-1])
+        return await batcher.submit([4])
+
+    [result] = run_with_batcher(model, max_batch=4, max_wait_ms=1, scenario=scenario)
+    assert result.value == 16
+
+
+def test_items_of_a_caller_that_went_away_are_not_computed():
+    model = RecordingSquarer(delay_s=0.5)
+
+    async def scenario(batcher):
+        first = asyncio.ensure_future(batcher.submit([1]))
+        await asyncio.sleep(0.05)  # the model is now busy with [1]
+        abandoned = asyncio.ensure_future(batcher.submit([2]))
+        await asyncio.sleep(0.01)
+        abandoned.cancel()
+        await first
+        return await batcher.submit([3])
+
+    [result] = run_with_batcher(model, max_batch=4, max_wait_ms=0, scenario=scenario)
+    assert result.value == 9
+    assert [2] not in model.batches and model.batches == [[1], [3]]
+
+
+def test_a_full_queue_refuses_at_once_instead_of_piling_up():
+    model = RecordingSquarer(delay_s=0.3)
+
+    async def scenario(batcher):
+        busy = asyncio.ensure_future(batcher.submit([1]))
+        await asyncio.sleep(0.05)  # [1] is running; the queue is empty again
+        waiting = asyncio.ensure_future(batcher.submit([2, 3]))
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull, match="limit is 3"):
+            await batcher.submit([4, 5])
+        return await busy, await waiting
+
+    busy, waiting = run_with_batcher(model, max_batch=4, max_wait_ms=0, scenario=scenario, max_queue=3)
+    assert [r.value for r in busy + waiting] == [1, 4, 9]

@@ -1,0 +1,138 @@
+"""``unitok generate`` and ``unitok caption``: the files they say they write, seeds, errors.
+
+Runs the commands in-process (``unitok.cli.main``) on a tiny random pipeline saved to a folder.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from generation import default_model
+from generation.random_model import random_pipeline
+from unitok.cli import main
+from unitok.errors import UserError
+from unitok.lm.model import ScratchConfig
+
+TINY_LM = ScratchConfig(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=2, intermediate_size=64,
+                        max_positions=64)
+TINY_IMAGE_TOKENIZER = dict(image_size=16, block_out_channels=(8, 16, 16), norm_num_groups=4,
+                            latent_channels=8, quantizer="fsq", fsq_levels=(4, 4, 3))  # 48 codes
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    random_pipeline(TINY_LM, TINY_IMAGE_TOKENIZER, text_vocab_size=290).save_pretrained(folder)
+    return folder
+
+
+def generate(capsys, model_dir: Path, *args: str) -> list[Path]:
+    assert main(["generate", *args, "--model", str(model_dir), "--no-progress"]) == 0
+    return [Path(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def test_one_prompt_several_images_to_numbered_files(capsys, model_dir, tmp_path):
+    written = generate(capsys, model_dir, "a red circle", "-n", "3", "--out", str(tmp_path / "red.png"))
+    assert written == [tmp_path / f"red_{k}.png" for k in range(3)]
+    assert all(Image.open(p).size == (16, 16) for p in written)
+    assert sorted(tmp_path.iterdir()) == sorted(written)  # no temporary files left behind
+
+
+def test_grid_puts_a_prompts_images_in_one_file(capsys, model_dir, tmp_path):
+    written = generate(capsys, model_dir, "a red circle", "-n", "4", "--grid", "--out", str(tmp_path / "g.png"))
+    assert written == [tmp_path / "g.png"]
+    assert Image.open(written[0]).size == (32, 32)  # 2 x 2 images
+
+
+def test_prompts_file_writes_one_file_per_line_and_image(capsys, model_dir, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n\n  \na blue square at the top\n")
+    written = generate(capsys, model_dir, "--prompts-file", str(prompts), "-n", "2", "--out", str(tmp_path / "out"))
+    names = ["00000_0.png", "00000_1.png", "00003_0.png", "00003_1.png"]
+    assert written == [tmp_path / "out" / n for n in names]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == names
+
+    single = generate(capsys, model_dir, "--prompts-file", str(prompts), "--out", str(tmp_path / "one"))
+    assert [p.name for p in single] == ["00000.png", "00003.png"]
+
+
+def test_seed_of_a_prompts_file_line_is_seed_plus_line_times_n(capsys, model_dir, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na green plus\na blue square at the top\n")
+    from_file = generate(capsys, model_dir, "--prompts-file", str(prompts), "-n", "2", "--seed", "10",
+                         "--batch-size", "3", "--out", str(tmp_path / "batch"))
+    alone = generate(capsys, model_dir, "a blue square at the top", "-n", "2", "--seed", str(10 + 2 * 2),
+                     "--out", str(tmp_path / "alone.png"))
+    for batched, single in zip(from_file[4:], alone, strict=True):
+        np.testing.assert_array_equal(pixels(batched), pixels(single))
+    again = generate(capsys, model_dir, "a blue square at the top", "-n", "2", "--seed", "14",
+                     "--out", str(tmp_path / "again.png"))
+    np.testing.assert_array_equal(pixels(again[0]), pixels(alone[0]))
+    assert not np.array_equal(pixels(alone[0]), pixels(alone[1]))
+
+
+def test_caption_prints_one_caption_per_image(capsys, model_dir, tmp_path):
+    images = generate(capsys, model_dir, "a red circle", "-n", "3", "--out", str(tmp_path / "x.png"))
+    assert main(["caption", *map(str, images), "--model", str(model_dir), "--max-new-tokens", "5"]) == 0
+    plain = capsys.readouterr().out.splitlines()
+    assert len(plain) == 3
+    assert main(["caption", *map(str, images), "--json", "--model", str(model_dir), "--max-new-tokens", "5",
+                 "--batch-size", "2"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["image"] for r in rows] == list(map(str, images))
+    assert [r["caption"] for r in rows] == plain
+
+
+@pytest.mark.parametrize("args, message", [
+    (["generate", "x", "--model", "{tmp}/nowhere"], "does not exist"),
+    (["generate", "x", "--model", "{tmp}"], "not a UniTok pipeline folder"),
+    (["generate", "x", "-n", "0", "--model", "{model}"], "-n must be >= 1"),
+    (["generate", "x", "--guidance", "nan", "--model", "{model}"], "finite"),
+    (["generate", "x", "--guidance", "inf", "--model", "{model}"], "finite"),
+    (["generate", "x", "--out", "{tmp}/x.gifx", "--model", "{model}"], "unknown image extension"),
+    (["generate", "--model", "{model}"], "exactly one of them"),
+    (["generate", "a red circle " * 30, "--model", "{model}"], "too long"),
+    (["generate", "x", "--threads", "0", "--model", "{model}"], "--threads must be >= 1"),
+    (["generate", "x", "--device", "tpu9", "--model", "{model}"], "unknown device"),
+    (["caption", "{tmp}/missing.png", "--model", "{model}"], "cannot read image"),
+    (["caption", "{tmp}/notes.txt", "--model", "{model}"], "cannot read image"),
+])
+def test_bad_input_gives_a_clear_error_and_exit_code_2(capsys, model_dir, tmp_path, args, message):
+    (tmp_path / "notes.txt").write_text("not an image")
+    argv = [a.format(tmp=tmp_path, model=model_dir) for a in args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_too_long_line_of_a_prompts_file_names_the_line(capsys, model_dir, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n" + "a red circle " * 30 + "\n")
+    assert main(["generate", "--prompts-file", str(prompts), "--out", str(tmp_path / "o"), "--model", str(model_dir)]) == 2
+    assert "line 2 of" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # nothing drawn before the check
+
+
+def test_default_model_is_found_in_the_package_or_explained(tmp_path, monkeypatch):
+    monkeypatch.setattr(default_model.resources, "files", lambda package: tmp_path)
+    with pytest.raises(UserError, match="--model DIR"):
+        default_model.default_model_dir()
+    (tmp_path / "assets" / "unitok-shapes").mkdir(parents=True)
+    (tmp_path / "assets" / "unitok-shapes" / "model_index.json").write_text("{}")
+    assert default_model.default_model_dir() == tmp_path / "assets" / "unitok-shapes"
+
+
+def test_command_modules_do_not_import_heavy_libraries():
+    code = ("import sys, generation.cli_generate, generation.cli_caption; "
+            "heavy = [m for m in ('torch', 'transformers', 'diffusers') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)

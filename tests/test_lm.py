@@ -1,0 +1,382 @@
+"""The unified LM: sequence formats, vocabulary extension of three HF families, training, export.
+
+Everything is tiny and built on the spot: BPE tokenizers trained on a few Shapes captions, random
+Llama/Qwen2/GPT-2 models saved as "hub" folders, code shards written with ShardWriter.
+"""
+
+import json
+import random
+import subprocess
+import sys
+import textwrap
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from unitok.cli import main as unitok_main
+from unitok.data import shapes
+from unitok.data.shards import ShardWriter
+from unitok.errors import UserError
+from unitok.lm import training as lm_training
+from unitok.lm.data import CodeShardDataModule
+from unitok.lm.model import build_pretrained_lm, load_unified_lm, save_unified_lm
+from unitok.lm.module import UnifiedLMModule
+from unitok.lm.sequences import (
+    IGNORE,
+    TASKS,
+    TaskMix,
+    captioning_example,
+    captioning_prompt,
+    collate,
+    sample_example,
+    text_to_image_example,
+    text_to_image_prompt,
+    unconditional_prompt,
+)
+from unitok.lm.text_tokenizer import (
+    decode_text,
+    encode_text,
+    extend_tokenizer,
+    train_bpe_tokenizer,
+    vocabulary_for,
+)
+from unitok.vocabulary import VOCABULARY_FILE, UnifiedVocabulary
+
+GRID, CODEBOOK = (2, 3), 24
+
+
+def scenes(num: int, seed: int = 0) -> list[shapes.Scene]:
+    rng = np.random.default_rng(seed)
+    return [shapes.random_scene(rng) for _ in range(num)]
+
+
+def write_code_shards(out_dir, num: int, grid=GRID, codebook=CODEBOOK, seed=0, meta_extra=None) -> list[tuple[str, np.ndarray]]:
+    """Code shards as `unitok tokenize` writes them: codes.npy, txt (reference caption), json meta."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    with ShardWriter(out_dir, prefix="codes", max_count=max(1, num // 2)) as writer:
+        for index, scene in enumerate(scenes(num, seed)):
+            codes = rng.integers(0, codebook, grid).astype(np.int16)
+            caption = shapes.canonical_caption(scene)
+            meta = {"scene": scene.to_dict(), "paraphrases": [shapes.paraphrase(scene, rng) for _ in range(2)],
+                    **(meta_extra or {})}
+            writer.write({"__key__": f"{index:06d}", "codes.npy": codes, "txt": caption, "json": meta})
+            pairs.append((caption, codes))
+    return pairs
+
+
+def tiny_tokenizer(family: str) -> PreTrainedTokenizerFast:
+    """A BPE trained on captions, with the special-token conventions of each family."""
+    base = train_bpe_tokenizer((shapes.canonical_caption(s) for s in scenes(40)), vocab_size=300)
+    if family == "llama":  # BOS distinct from EOS
+        base.add_special_tokens({"bos_token": "<s>"})
+    if family == "gpt2":  # BOS is EOS
+        base.bos_token = base.eos_token
+    return base
+
+
+def save_tiny_hub_model(family: str, path) -> None:
+    """A random model + tokenizer folder, standing in for a hub checkpoint."""
+    tokenizer = tiny_tokenizer(family)
+    size = len(tokenizer)
+    if family == "llama":  # untied output head
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False))
+    elif family == "qwen2":  # padded embedding rows beyond the tokenizer, tied
+        model = Qwen2ForCausalLM(Qwen2Config(vocab_size=size + 20, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True))
+    else:
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=size, n_embd=32, n_layer=2, n_head=4, n_positions=256))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+@pytest.fixture
+def vocab() -> UnifiedVocabulary:
+    return UnifiedVocabulary(text_size=50, codebook_size=CODEBOOK, grid=GRID, eos_id=0, pad_id=1, bos_id=2)
+
+
+# -- sequence formats --------------------------------------------------------------------------
+
+
+def test_training_sequences_put_the_loss_on_the_generated_part(vocab):
+    codes = torch.arange(6).view(GRID)
+    code_ids = (torch.arange(6) + vocab.image_offset).tolist()
+    t2i = text_to_image_example([10, 11, 12], codes, vocab)
+    assert t2i.input_ids == [2, 10, 11, 12, vocab.boi_id, *code_ids, vocab.eoi_id]
+    assert t2i.labels == [IGNORE] * 5 + code_ids + [vocab.eoi_id]
+    assert TASKS[t2i.task] == "text_to_image"
+
+    uncond = text_to_image_example(None, codes, vocab)
+    assert uncond.input_ids[:3] == [2, vocab.uncond_id, vocab.boi_id]
+
+    cap = captioning_example(codes, [10, 11], vocab)
+    assert cap.input_ids == [2, vocab.boi_id, *code_ids, vocab.eoi_id, 10, 11, vocab.eos_id]
+    assert cap.labels == [IGNORE] * 9 + [10, 11, vocab.eos_id]
+    assert TASKS[cap.task] == "captioning"
+
+
+def test_no_bos_when_the_vocabulary_has_none():
+    vocab = UnifiedVocabulary(text_size=50, codebook_size=CODEBOOK, grid=GRID, eos_id=0, pad_id=0)
+    assert text_to_image_example([10], torch.zeros(GRID, dtype=torch.long), vocab).input_ids[:2] == [10, vocab.boi_id]
+    assert unconditional_prompt(1, vocab).input_ids.tolist() == [[vocab.uncond_id, vocab.boi_id]]
+
+
+def test_generation_prompts_are_prefixes_of_training_sequences(vocab):
+    codes = torch.randint(0, CODEBOOK, (2, *GRID))
+    captions = [[10, 11, 12], [13]]
+    prompt = text_to_image_prompt(captions, vocab)
+    for row, caption in enumerate(captions):
+        real = prompt.input_ids[row][prompt.attention_mask[row].bool()].tolist()
+        assert real == text_to_image_example(caption, codes[row], vocab).input_ids[: len(real)]
+        assert real[-1] == vocab.boi_id
+    # Left padding: rows end together; positions start at 0 on each row's first real id.
+    assert prompt.attention_mask.tolist() == [[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]]
+    assert prompt.input_ids[1, :2].tolist() == [vocab.pad_id] * 2
+    assert prompt.position_ids.tolist() == [[0, 1, 2, 3, 4], [0, 0, 0, 1, 2]]
+
+    prompt = captioning_prompt(codes, vocab)
+    for row in range(2):
+        full = captioning_example(codes[row], [10], vocab).input_ids
+        assert prompt.input_ids[row].tolist() == full[: prompt.input_ids.shape[1]]
+        assert prompt.input_ids[row, -1] == vocab.eoi_id
+
+    uncond = unconditional_prompt(3, vocab)
+    assert uncond.input_ids.tolist() == [[2, vocab.uncond_id, vocab.boi_id]] * 3
+
+
+def test_task_mix_draws_tasks_caption_dropout_and_paraphrases(vocab):
+    codes = torch.zeros(GRID, dtype=torch.long)
+    caption, paraphrases = [10], [[20], [21]]
+    rng = random.Random(0)
+    mix = TaskMix(text_to_image=0.7, caption_dropout=0.2, paraphrase=0.5)
+    drawn = [sample_example(codes, caption, paraphrases, vocab, mix, rng) for _ in range(4000)]
+    t2i = [e for e in drawn if TASKS[e.task] == "text_to_image"]
+    assert 0.66 < len(t2i) / len(drawn) < 0.74
+    firsts = [e.input_ids[1] for e in t2i]  # after BOS: the caption's first id or <|uncond|>
+    assert 0.17 < firsts.count(vocab.uncond_id) / len(t2i) < 0.23
+    assert 0.36 < (firsts.count(20) + firsts.count(21)) / len(t2i) < 0.44  # 0.8 * 0.5 = 0.4
+    captioning = [e for e in drawn if TASKS[e.task] == "captioning"]
+    assert all(e.labels[-2] == 10 for e in captioning)  # captioning always targets the reference
+    with pytest.raises(ValueError, match="probability"):
+        TaskMix(caption_dropout=1.5)
+
+
+def test_collate_right_pads_with_no_loss_on_padding(vocab):
+    codes = torch.zeros(GRID, dtype=torch.long)
+    batch = collate([text_to_image_example([10, 11], codes, vocab), captioning_example(codes, [10], vocab)], vocab)
+    assert batch["input_ids"].shape == batch["labels"].shape == (2, 11)
+    assert batch["attention_mask"].sum(1).tolist() == [11, 11]
+    batch = collate([text_to_image_example([10], codes, vocab), captioning_example(codes, [10, 11, 12], vocab)], vocab)
+    assert batch["attention_mask"][0].tolist() == [1] * 10 + [0] * 3
+    assert batch["input_ids"][0, -3:].tolist() == [vocab.pad_id] * 3
+    assert batch["labels"][0, -3:].tolist() == [IGNORE] * 3
+    assert batch["task"].tolist() == [TASKS.index("text_to_image"), TASKS.index("captioning")]
+
+
+# -- text tokenizer ----------------------------------------------------------------------------
+
+
+def test_bpe_tokenizer_names_every_id_of_the_layout():
+    tokenizer = tiny_tokenizer("qwen2")
+    vocab = vocabulary_for(tokenizer, CODEBOOK, GRID)
+    assert vocab.text_size == len(tokenizer) == 300 and vocab.bos_id is None
+    extend_tokenizer(tokenizer, vocab)
+    assert len(tokenizer) == vocab.size
+    assert tokenizer.convert_tokens_to_ids("<|boi|>") == vocab.boi_id
+    assert tokenizer.convert_ids_to_tokens(vocab.image_offset + 5) == "<|img_5|>"
+    caption = "a small red circle at the top left on a white background"
+    ids = encode_text(tokenizer, caption)
+    assert max(ids) < vocab.text_size and len(ids) < len(caption) // 2  # merges learned
+    assert decode_text(tokenizer, ids + [vocab.eoi_id, vocab.image_offset]) == caption
+    with pytest.raises(UserError, match="extended already"):
+        extend_tokenizer(tokenizer, vocab)
+
+
+# -- three HF families: extend and train -----------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
+def test_hf_family_extends_its_vocabulary_and_trains(family, tmp_path):
+    save_tiny_hub_model(family, tmp_path / "hub")
+    write_code_shards(tmp_path / "train", 8)
+    module = UnifiedLMModule(pretrained=str(tmp_path / "hub"), codebook_size=CODEBOOK, grid=GRID, warmup_steps=1)
+    model, tokenizer, vocab = module.model, module.text_tokenizer, module.vocabulary
+
+    assert vocab.bos_id == (tokenizer.convert_tokens_to_ids("<s>") if family == "llama" else None)
+    assert model.config.vocab_size == vocab.size == len(tokenizer)
+    assert model.get_input_embeddings().num_embeddings == vocab.size
+    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert tied == (family != "llama")
+    for embedding in {model.get_input_embeddings(), model.get_output_embeddings()}:
+        new_rows = embedding.weight[vocab.text_size:].detach()
+        assert new_rows.std(0).mean() > 0.1 * embedding.weight[: vocab.text_size].detach().std(0).mean()
+
+    before = model.get_input_embeddings().weight[vocab.image_offset:].detach().clone()
+    data = CodeShardDataModule(train_shards=str(tmp_path / "train"), batch_size=4, samples_per_epoch=8,
+                               num_workers=0, shuffle_buffer=1)
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, data)
+    assert trainer.global_step == 2
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert not torch.equal(before, model.get_input_embeddings().weight[vocab.image_offset:].detach())
+
+
+def test_a_unitok_folder_is_reloaded_as_it_is(tmp_path):
+    save_tiny_hub_model("qwen2", tmp_path / "hub")
+    model, tokenizer, vocab = build_pretrained_lm(str(tmp_path / "hub"), CODEBOOK, GRID)
+    save_unified_lm(model, tokenizer, vocab, tmp_path / "lm")
+    _, _, again = build_pretrained_lm(str(tmp_path / "lm"), CODEBOOK, GRID)
+    assert again == vocab
+    with pytest.raises(UserError, match="48 codes"):
+        build_pretrained_lm(str(tmp_path / "lm"), 48, GRID)
+
+
+@pytest.mark.parametrize(
+    ("shards", "message"),
+    [
+        ({"grid": (3, 3)}, r"\(3, 3\) code grid"),  # seen in the codes themselves
+        ({"meta_extra": {"codebook_size": 48, "grid_size": list(GRID)}}, "48 codes"),  # recorded by `unitok tokenize`
+        ({"codebook": 40}, r"outside the vocabulary's 24 codes"),
+    ],
+)
+def test_shards_that_do_not_fit_the_vocabulary_fail_before_training(tmp_path, shards, message):
+    save_tiny_hub_model("gpt2", tmp_path / "hub")
+    write_code_shards(tmp_path / "train", 4, **shards)
+    module = UnifiedLMModule(pretrained=str(tmp_path / "hub"), codebook_size=CODEBOOK, grid=GRID)
+    data = CodeShardDataModule(train_shards=str(tmp_path / "train"), batch_size=2, samples_per_epoch=4, num_workers=0)
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    with pytest.raises(UserError, match=message):
+        trainer.fit(module, data)
+
+
+def test_loading_fails_clearly_when_folder_parts_disagree(tmp_path):
+    save_tiny_hub_model("llama", tmp_path / "hub")
+    model, tokenizer, vocab = build_pretrained_lm(str(tmp_path / "hub"), CODEBOOK, GRID)
+    out = save_unified_lm(model, tokenizer, vocab, tmp_path / "lm")
+    data = json.loads((out / VOCABULARY_FILE).read_text())
+    data["codebook_size"] = CODEBOOK + 8
+    data.pop("layout")
+    (out / VOCABULARY_FILE).write_text(json.dumps(data))
+    with pytest.raises(UserError, match="embedding rows"):
+        load_unified_lm(out)
+
+
+# -- LightningCLI: fit, resume, export, load in a fresh process ---------------------------------
+
+
+def write_config(path, tmp_path, max_steps: int) -> None:
+    path.write_text(textwrap.dedent(f"""\
+        seed_everything: 0
+        trainer:
+          accelerator: cpu
+          max_steps: {max_steps}
+          logger: false
+          enable_progress_bar: false
+          enable_model_summary: false
+          default_root_dir: {tmp_path / "run"}
+          callbacks:
+            - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+              init_args:
+                dirpath: {tmp_path / "ckpt"}
+                save_last: true
+                save_top_k: 0
+                every_n_train_steps: 2
+        model:
+          codebook_size: {CODEBOOK}
+          grid: [{GRID[0]}, {GRID[1]}]
+          bpe_vocab_size: 300
+          scratch: {{hidden_size: 32, num_layers: 1, num_heads: 2, num_kv_heads: 2, intermediate_size: 64}}
+          warmup_steps: 1
+        data:
+          train_shards: {tmp_path / "train"}
+          val_shards: {tmp_path / "val"}
+          batch_size: 4
+          samples_per_epoch: 8
+          num_workers: 0
+        """))
+
+
+FRESH_PROCESS_LOAD = """
+import json, sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval()
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
+ids = torch.tensor([json.loads(sys.argv[2])])
+with torch.no_grad():
+    logits = model(input_ids=ids).logits[0, -1]
+print(json.dumps({"vocab_size": model.config.vocab_size, "tokens": len(tokenizer),
+                  "boi": tokenizer.convert_tokens_to_ids("<|boi|>"), "logits": logits.tolist()}))
+"""
+
+
+def test_cli_fits_resumes_exports_and_the_export_loads_with_plain_transformers(tmp_path, capsys):
+    write_code_shards(tmp_path / "train", 8)
+    write_code_shards(tmp_path / "val", 4, seed=1)
+    config = tmp_path / "lm.yaml"
+    write_config(config, tmp_path, max_steps=2)
+    assert unitok_main(["lm", "fit", "--config", str(config)]) == 0
+    last = tmp_path / "ckpt" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 2
+
+    # Resume: the run continues at step 2, so only 2 of the 4 steps run again.
+    write_config(config, tmp_path, max_steps=4)
+    cli = lm_training.main(["--config", str(config)], run=False)
+    steps_run = []
+    training_step = cli.model.training_step
+    cli.model.training_step = lambda batch, batch_idx: steps_run.append(batch_idx) or training_step(batch, batch_idx)
+    cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=str(last))
+    assert len(steps_run) == 2 and torch.load(last, weights_only=True)["global_step"] == 4
+
+    out = tmp_path / "export"
+    assert unitok_main(["lm", "export", str(last), str(out)]) == 0
+    assert {"config.json", "model.safetensors", "tokenizer.json", VOCABULARY_FILE} <= {p.name for p in out.iterdir()}
+    assert not list(out.glob("*.py")) and not list(out.glob("*.bin"))
+
+    model, tokenizer, vocab = load_unified_lm(out)
+    ids = [vocab.boi_id, *range(vocab.image_offset, vocab.image_offset + 6), vocab.eoi_id]
+    with torch.no_grad():
+        expected = model(input_ids=torch.tensor([ids])).logits[0, -1]
+    result = subprocess.run([sys.executable, "-c", FRESH_PROCESS_LOAD, str(out), json.dumps(ids)],
+                            capture_output=True, text=True, check=True)
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert loaded["vocab_size"] == loaded["tokens"] == vocab.size
+    assert loaded["boi"] == vocab.boi_id
+    assert torch.allclose(torch.tensor(loaded["logits"]), expected, atol=1e-5)
+
+    assert unitok_main(["lm", "export", str(tmp_path / "missing.ckpt"), str(out)]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["shapes-tiny", "qwen2.5-0.5b"])
+def test_shipped_configs_parse(name, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        unitok_main(["lm", "fit", "--config", f"configs/lm/{name}.yaml", "--print_config"])
+    assert exit_info.value.code == 0
+    assert "train_shards" in capsys.readouterr().out
+
+
+def test_codebook_and_grid_come_from_the_image_tokenizer(tmp_path):
+    from tokenizer.model import VQTokenizer
+
+    VQTokenizer(image_size=16, block_out_channels=(8, 8), norm_num_groups=4, latent_channels=8,
+                quantizer="fsq", fsq_levels=(4, 3)).save_pretrained(tmp_path / "vq")
+    save_tiny_hub_model("qwen2", tmp_path / "hub")
+    module = UnifiedLMModule(pretrained=str(tmp_path / "hub"), image_tokenizer=str(tmp_path / "vq"))
+    assert (module.vocabulary.codebook_size, module.vocabulary.grid) == (12, (8, 8))
+    with pytest.raises(UserError, match="contradict"):
+        UnifiedLMModule(pretrained=str(tmp_path / "hub"), image_tokenizer=str(tmp_path / "vq"), codebook_size=16)
+    with pytest.raises(UserError, match="model.image_tokenizer"):
+        UnifiedLMModule(pretrained=str(tmp_path / "hub"))

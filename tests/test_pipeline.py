@@ -1,0 +1,137 @@
+"""``UniTokPipeline``: drawing, captioning, save/load round trip, assembly from parts, dtypes.
+
+The pipeline is tiny and random (``generation.random_model``): a 2-layer Llama, a 16x16 VQ
+tokenizer with a 4x4 code grid, a BPE trained on Shapes captions.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from generation.pipeline import UniTokPipeline
+from generation.random_model import random_pipeline
+from tokenizer.model import VQTokenizer
+from unitok.errors import UserError
+from unitok.lm.model import ScratchConfig, save_unified_lm
+
+TINY_LM = ScratchConfig(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=2, intermediate_size=64,
+                        max_positions=64)
+TINY_IMAGE_TOKENIZER = dict(image_size=16, block_out_channels=(8, 16, 16), norm_num_groups=4,
+                            latent_channels=8, quantizer="fsq", fsq_levels=(4, 4, 3))  # 48 codes
+PROMPTS = ["a red circle", "a large blue square at the top left on a white background"]
+
+
+@pytest.fixture(scope="module")
+def pipe() -> UniTokPipeline:
+    pipeline = random_pipeline(TINY_LM, TINY_IMAGE_TOKENIZER, text_vocab_size=290)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def seeded(count: int, base: int = 0) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(base + i) for i in range(count)]
+
+
+def test_call_returns_images_of_every_output_type(pipe):
+    pil = pipe(PROMPTS, num_images_per_prompt=2, generator=seeded(4)).images
+    assert len(pil) == 4 and all(isinstance(i, Image.Image) and i.size == (16, 16) for i in pil)
+    arrays = pipe(PROMPTS, num_images_per_prompt=2, generator=seeded(4), output_type="np").images
+    assert arrays.shape == (4, 16, 16, 3) and 0.0 <= arrays.min() and arrays.max() <= 1.0
+    np.testing.assert_allclose(arrays * 255, np.stack([np.asarray(i) for i in pil]), atol=1.0)
+    codes = pipe(PROMPTS, num_images_per_prompt=2, generator=seeded(4), output_type="latent").images
+    assert codes.shape == (4, 4, 4) and int(codes.max()) < 48
+    tensors = pipe(PROMPTS[0], output_type="pt", return_dict=False)[0]
+    assert tensors.shape == (1, 3, 16, 16)
+
+
+def test_images_do_not_depend_on_batch_size_or_call_grouping(pipe):
+    whole = pipe(PROMPTS, num_images_per_prompt=2, guidance_scale=[2.0, 4.0], generator=seeded(4),
+                 output_type="latent", batch_size=16).images
+    one_at_a_time = pipe(PROMPTS, num_images_per_prompt=2, guidance_scale=[2.0, 4.0], generator=seeded(4),
+                         output_type="latent", batch_size=1).images
+    second_alone = pipe(PROMPTS[1], num_images_per_prompt=2, guidance_scale=4.0, generator=seeded(2, base=2),
+                        output_type="latent").images
+    assert torch.equal(whole, one_at_a_time)
+    assert torch.equal(whole[2:], second_alone)
+
+
+def test_save_and_load_round_trip(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "pipe")
+    index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
+    assert index["_class_name"] == "UniTokPipeline"
+    assert index["image_tokenizer"] == ["tokenizer.model", "VQTokenizer"]
+    assert (tmp_path / "pipe" / "lm" / "unitok_vocabulary.json").is_file()
+
+    loaded = UniTokPipeline.from_pretrained(tmp_path / "pipe")
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.vocabulary == pipe.vocabulary
+    assert not loaded.lm.training and not loaded.image_tokenizer.training
+    before = pipe(PROMPTS, generator=seeded(2), output_type="np").images
+    after = loaded(PROMPTS, generator=seeded(2), output_type="np").images
+    np.testing.assert_array_equal(before, after)
+    images = pipe(PROMPTS, generator=seeded(2)).images
+    assert loaded.caption(images, max_new_tokens=5) == pipe.caption(images, max_new_tokens=5)
+
+
+def test_from_parts_assembles_a_pipeline_and_checks_the_parts(pipe, tmp_path):
+    save_unified_lm(pipe.lm, pipe.text_tokenizer, pipe.vocabulary, tmp_path / "lm")
+    pipe.image_tokenizer.save_pretrained(tmp_path / "image_tokenizer")
+    assembled = UniTokPipeline.from_parts(tmp_path / "lm", tmp_path / "image_tokenizer")
+    assembled.set_progress_bar_config(disable=True)
+    torch.testing.assert_close(assembled(PROMPTS[0], generator=seeded(1), output_type="latent").images,
+                               pipe(PROMPTS[0], generator=seeded(1), output_type="latent").images)
+
+    VQTokenizer(**{**TINY_IMAGE_TOKENIZER, "fsq_levels": (5, 5, 3)}).save_pretrained(tmp_path / "other")
+    with pytest.raises(UserError, match="75 codes"):
+        UniTokPipeline.from_parts(tmp_path / "lm", tmp_path / "other")
+    with pytest.raises(UserError, match="not an image tokenizer folder"):
+        UniTokPipeline.from_parts(tmp_path / "lm", tmp_path / "missing")
+
+
+def test_load_refuses_a_vocabulary_that_does_not_fit(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "pipe")
+    path = tmp_path / "pipe" / "lm" / "unitok_vocabulary.json"
+    data = json.loads(path.read_text())
+    data["codebook_size"] += 1
+    data.pop("layout")
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match="do not match"):
+        UniTokPipeline.from_pretrained(tmp_path / "pipe")
+    with pytest.raises(UserError, match="does not exist"):
+        UniTokPipeline.from_pretrained(tmp_path / "nowhere")
+
+
+def test_half_precision_folder_loads_in_fp32_and_half_runs_with_an_fp32_image_tokenizer(pipe, tmp_path):
+    pipe.lm.to(torch.float16)
+    try:
+        pipe.save_pretrained(tmp_path / "half")
+    finally:
+        pipe.lm.to(torch.float32)
+    loaded = UniTokPipeline.from_pretrained(tmp_path / "half")
+    assert loaded.lm.dtype == torch.float32
+
+    loaded.to("cpu", torch.bfloat16)
+    assert loaded.lm.dtype == torch.bfloat16 and loaded.image_tokenizer.dtype == torch.float32
+    loaded.set_progress_bar_config(disable=True)
+    images = loaded(PROMPTS, generator=seeded(2)).images
+    assert len(loaded.caption(images, max_new_tokens=4)) == 2
+
+
+def test_configure_runtime_says_what_it_chose(pipe):
+    line = pipe.configure_runtime("cpu")
+    assert "cpu" in line and "float32" in line and "sdpa" in line
+    assert pipe.lm.dtype == torch.float32
+
+
+def test_bad_requests_are_user_errors(pipe):
+    for kwargs in (dict(num_images_per_prompt=0), dict(guidance_scale=float("nan")), dict(temperature=-1.0),
+                   dict(top_p=2.0), dict(output_type="gif"), dict(guidance_scale=[1.0, 2.0])):
+        with pytest.raises(UserError):
+            pipe("a red circle", **kwargs)
+    with pytest.raises(UserError, match="too long"):
+        pipe("a red circle " * 30)
+    with pytest.raises(UserError, match="one per image"):
+        pipe(PROMPTS, generator=seeded(3))

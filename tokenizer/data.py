@@ -1,0 +1,108 @@
+"""The tokenizer's LightningDataModule: image shards -> batches of ``[B, 3, S, S]`` in [-1, 1].
+
+Reading goes through ``unitok.data.shards.read_shards`` (the shared reader: DDP-safe resampled
+training stream, full validation pass on every rank, corrupt members skipped and counted).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from tokenizer.images import array_to_tensor, square_resize
+from unitok.data.shards import SkipCounter, read_shards
+
+
+class ImageTransform:
+    """Decoded sample -> image tensor. Training may take a random square crop (photos); Shapes
+    images are used whole, because their layout (cells, positions) is the content."""
+
+    def __init__(self, image_size: int, random_crop: bool, min_crop_fraction: float = 0.5, seed: int = 0):
+        self.image_size, self.random_crop, self.min_crop_fraction = image_size, random_crop, min_crop_fraction
+        self.seed, self._rng, self._rng_worker = seed, None, None
+
+    def _generator(self) -> np.random.Generator:
+        """One generator per loader worker: forked copies of one generator would crop alike."""
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else -1
+        if self._rng is None or self._rng_worker != worker:
+            self._rng, self._rng_worker = np.random.default_rng([self.seed, worker + 1]), worker
+        return self._rng
+
+    def __call__(self, sample: dict[str, Any]) -> torch.Tensor:
+        if "image" not in sample:
+            raise ValueError(f"sample {sample['key']!r} has no image member")
+        pixels = sample["image"]
+        height, width = pixels.shape[:2]
+        if self.random_crop:
+            rng = self._generator()
+            side = int(min(height, width) * rng.uniform(self.min_crop_fraction, 1.0))
+            top, left = rng.integers(0, height - side + 1), rng.integers(0, width - side + 1)
+            pixels = pixels[top:top + side, left:left + side]
+            if rng.random() < 0.5:
+                pixels = pixels[:, ::-1]
+        if pixels.shape[:2] != (self.image_size, self.image_size):
+            pixels = np.asarray(square_resize(Image.fromarray(np.ascontiguousarray(pixels)), self.image_size))
+        return array_to_tensor(pixels)
+
+
+class TokenizerDataModule(L.LightningDataModule):
+    """Train and validation image shards for the tokenizer.
+
+    Args:
+        train_shards: folder, glob or brace pattern of training ``.tar`` shards.
+        val_shards: the same for validation (read in full, in order, on every rank).
+        image_size: side of the square images fed to the model (must match the model's config).
+        batch_size: images per batch per device.
+        samples_per_epoch: length of one training "epoch" of the endless resampled stream.
+        num_workers: DataLoader worker processes.
+        random_crop: random square crops + flips for training (photos); off for Shapes.
+        val_samples: cap on validation images (None: the whole validation set).
+        shuffle_buffer: in-memory shuffle buffer of the training stream.
+        seed: seed of the stream shuffle and of the crops.
+    """
+
+    def __init__(
+        self,
+        train_shards: str = "data/shapes/train",
+        val_shards: str = "data/shapes/val",
+        image_size: int = 64,
+        batch_size: int = 32,
+        samples_per_epoch: int = 16000,
+        num_workers: int = 1,
+        random_crop: bool = False,
+        val_samples: int | None = None,
+        shuffle_buffer: int = 2000,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.skipped = SkipCounter("shard member")
+
+    def train_dataloader(self) -> DataLoader:
+        h = self.hparams
+        dataset = read_shards(
+            h.train_shards, training=True, samples_per_epoch=h.samples_per_epoch, shuffle_buffer=h.shuffle_buffer,
+            transform=ImageTransform(h.image_size, h.random_crop, seed=h.seed), skip_counter=self.skipped, seed=h.seed,
+        ).batched(h.batch_size, collation_fn=torch.stack, partial=False)
+        return self._loader(dataset)
+
+    def val_dataloader(self) -> DataLoader:
+        h = self.hparams
+        dataset = read_shards(
+            h.val_shards, training=False, transform=ImageTransform(h.image_size, random_crop=False),
+            skip_counter=self.skipped,
+        )
+        if h.val_samples:
+            dataset = dataset.slice(h.val_samples)
+        return self._loader(dataset.batched(h.batch_size, collation_fn=torch.stack, partial=True))
+
+    def _loader(self, dataset) -> DataLoader:
+        # Batching happens in the webdataset pipeline (workers collate), so batch_size=None here.
+        workers = self.hparams.num_workers
+        return DataLoader(dataset, batch_size=None, num_workers=workers, persistent_workers=workers > 0)

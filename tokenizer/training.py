@@ -1,0 +1,307 @@
+"""The tokenizer's LightningModule: the research side of training (losses, metrics, pictures).
+
+Devices, precision, DDP/FSDP, checkpoints and logging cadence belong to the Trainer and are set
+in the YAML configs (``configs/tokenizer/*.yaml``). Optimization is manual so that the optional
+PatchGAN discriminator gets its own optimizer step after the generator's; without the GAN it is
+the same single optimizer step Lightning would take.
+
+Note on ``max_steps``: Lightning counts every optimizer step, so once the GAN is on each batch
+counts two (generator and discriminator).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Timer
+from torchmetrics.functional.image import structural_similarity_index_measure
+
+from tokenizer.images import tensor_to_pil
+from tokenizer.losses import (
+    PatchDiscriminator,
+    build_perceptual_loss,
+    hinge_discriminator_loss,
+    hinge_generator_loss,
+)
+from tokenizer.model import VQTokenizer
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced NaN/inf; the run stops before the bad step touches weights or checkpoints."""
+
+
+class TokenizerModule(L.LightningModule):
+    """Trains a ``VQTokenizer``.
+
+    Args:
+        tokenizer: keyword arguments of ``VQTokenizer`` (its config: sizes, quantizer, codebook).
+        learning_rate: peak AdamW learning rate of the tokenizer.
+        betas, weight_decay: AdamW settings.
+        warmup_steps: linear warm-up from 0 to ``learning_rate``.
+        min_lr_ratio: cosine decay from the peak to ``learning_rate * min_lr_ratio`` at ``trainer.max_steps``
+            or at the end of ``trainer.max_time``, whichever comes first (constant after warm-up when
+            neither is set).
+        l1_weight, l2_weight: reconstruction loss weights (images in [-1, 1]).
+        perceptual_weight: LPIPS-style loss weight; needs ``perceptual_weights_path`` (local VGG16
+            weights), otherwise it is off with a log line. Nothing is ever downloaded.
+        gan_weight: PatchGAN hinge generator-loss weight (0 turns the discriminator off).
+        gan_start_step: optimizer step at which the adversarial loss starts.
+        disc_learning_rate, disc_channels, disc_layers: the discriminator.
+        grad_clip: gradient-norm clip of the tokenizer (0: no clipping).
+        channels_last: channels-last memory format (about 2x faster convolutions on CPU).
+        grid_images: originals/reconstructions written as a PNG grid at each validation.
+    """
+
+    def __init__(
+        self,
+        tokenizer: dict[str, Any] | None = None,
+        learning_rate: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+        warmup_steps: int = 100,
+        min_lr_ratio: float = 0.05,
+        l1_weight: float = 1.0,
+        l2_weight: float = 1.0,
+        perceptual_weight: float = 0.0,
+        perceptual_weights_path: str | None = None,
+        gan_weight: float = 0.0,
+        gan_start_step: int = 0,
+        disc_learning_rate: float = 1e-4,
+        disc_channels: int = 64,
+        disc_layers: int = 3,
+        grad_clip: float = 1.0,
+        channels_last: bool = True,
+        grid_images: int = 8,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.tokenizer = VQTokenizer(**(tokenizer or {}))
+        if channels_last:
+            self.tokenizer.to(memory_format=torch.channels_last)
+        self.perceptual = build_perceptual_loss(perceptual_weight, perceptual_weights_path)
+        self.discriminator = PatchDiscriminator(3, disc_channels, disc_layers) if gan_weight > 0 else None
+        size = self.tokenizer.codebook_size
+        # Code counts: over the current logging window (training) and over one validation pass.
+        self.register_buffer("train_counts", torch.zeros(size, dtype=torch.long), persistent=False)
+        self.register_buffer("val_counts", torch.zeros(size, dtype=torch.long), persistent=False)
+        self.last_val_counts: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------------------------------
+    # Setup
+
+    def setup(self, stage: str) -> None:
+        # trainer.log_dir is a collective under DDP: ask on every rank here, not later on rank 0 only.
+        self.run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        if self.trainer.world_size > 1:
+            self.tokenizer.enable_codebook_sync()
+
+    def configure_optimizers(self):
+        h = self.hparams
+        generator = torch.optim.AdamW(self.tokenizer.parameters(), lr=h.learning_rate, betas=tuple(h.betas),
+                                      weight_decay=h.weight_decay)
+        schedule = torch.optim.lr_scheduler.LambdaLR(generator, self._lr_factor)
+        if self.discriminator is None:
+            return [generator], [schedule]
+        disc = torch.optim.AdamW(self.discriminator.parameters(), lr=h.disc_learning_rate, betas=(0.5, 0.9))
+        return [generator, disc], [schedule]
+
+    def _lr_factor(self, step: int) -> float:
+        h = self.hparams
+        if step < h.warmup_steps:
+            return (step + 1) / h.warmup_steps
+        progress = max(self._step_progress(step), self._time_progress())
+        return h.min_lr_ratio + (1 - h.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    def _step_progress(self, step: int) -> float:
+        total = self.trainer.max_steps
+        if total is None or total <= self.hparams.warmup_steps:
+            return 0.0
+        return (step - self.hparams.warmup_steps) / (total - self.hparams.warmup_steps)
+
+    def _time_progress(self) -> float:
+        """Fraction of ``trainer.max_time`` used: on a shared CPU the time budget may end first,
+        and the learning rate should be annealed by then, not cut off at its peak."""
+        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
+        if timer is None:
+            return 0.0
+        elapsed, remaining = timer.time_elapsed("train"), timer.time_remaining("train")
+        if remaining is None or elapsed + remaining <= 0:
+            return 0.0
+        return elapsed / (elapsed + remaining)
+
+    # ------------------------------------------------------------------------------------------
+    # Training
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def training_step(self, images: torch.Tensor, batch_idx: int) -> None:
+        h = self.hparams
+        images = self._prepare(images)
+        optimizers = self.optimizers()
+        generator = optimizers[0] if isinstance(optimizers, list) else optimizers
+        out = self.tokenizer(images)
+        reconstruction = out.reconstruction.float()
+        losses = {
+            "l1": F.l1_loss(reconstruction, images),
+            "l2": F.mse_loss(reconstruction, images),
+            "quantizer": out.aux_loss,
+        }
+        total = h.l1_weight * losses["l1"] + h.l2_weight * losses["l2"] + losses["quantizer"]
+        if self.perceptual is not None:
+            losses["perceptual"] = self.perceptual(reconstruction, images)
+            total = total + h.perceptual_weight * losses["perceptual"]
+        gan_on = self.discriminator is not None and self.global_step >= h.gan_start_step
+        if gan_on:
+            self.discriminator.requires_grad_(False)
+            losses["generator"] = hinge_generator_loss(self.discriminator(reconstruction))
+            total = total + h.gan_weight * losses["generator"]
+        losses["total"] = total
+        self._check_finite(losses)
+
+        generator.zero_grad(set_to_none=True)
+        self.manual_backward(total)
+        grad_norm = self._clip(self.tokenizer.parameters())
+        generator.step()
+        self.lr_schedulers().step()
+
+        if gan_on:
+            self.discriminator.requires_grad_(True)
+            disc_loss = hinge_discriminator_loss(self.discriminator(images), self.discriminator(reconstruction.detach()))
+            self._check_finite({"discriminator": disc_loss})
+            disc = optimizers[1]
+            disc.zero_grad(set_to_none=True)
+            self.manual_backward(disc_loss)
+            disc.step()
+            losses["discriminator"] = disc_loss
+
+        self.train_counts += torch.bincount(out.codes.flatten(), minlength=self.tokenizer.codebook_size)
+        logs = {f"train/{name}": value.detach() for name, value in losses.items()}
+        logs["train/psnr"] = psnr(reconstruction.detach(), images).mean()
+        logs["train/grad_norm"] = grad_norm
+        logs["train/lr"] = torch.tensor(generator.param_groups[0]["lr"])
+        self.log_dict(logs, prog_bar=False)
+        self.log("psnr", logs["train/psnr"], prog_bar=True, logger=False)
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+            self._log_dead_codes()
+
+    def _clip(self, parameters) -> torch.Tensor:
+        clip = self.hparams.grad_clip if self.hparams.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(parameters, clip)
+        if not torch.isfinite(norm):
+            self._check_finite({"gradient norm": norm})
+        return norm
+
+    def _check_finite(self, values: dict[str, torch.Tensor]) -> None:
+        bad = [name for name, value in values.items() if not torch.isfinite(value).all()]
+        if bad:
+            checkpoint = _last_checkpoint(self.trainer)
+            raise NonFiniteLossError(
+                f"non-finite {', '.join(bad)} at step {self.global_step}: training stopped before this step "
+                f"changed any weights. Last good checkpoint: {checkpoint or 'none saved yet'}. "
+                "Lower the learning rate or loss weights, then resume with --ckpt_path."
+            )
+
+    def _log_dead_codes(self) -> None:
+        """Codes not chosen once over the last logging window (summed over ranks)."""
+        counts = self.train_counts.clone()
+        if self.trainer.world_size > 1:
+            counts = self.all_gather(counts).sum(0)
+        self.log("train/dead_codes", float((counts == 0).sum()), rank_zero_only=True)
+        self.train_counts.zero_()
+
+    # ------------------------------------------------------------------------------------------
+    # Validation
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_counts.zero_()
+
+    def validation_step(self, images: torch.Tensor, batch_idx: int) -> None:
+        images = self._prepare(images)
+        out = self.tokenizer(images)
+        reconstruction = out.reconstruction.float().clamp(-1, 1)
+        self.val_counts += torch.bincount(out.codes.flatten(), minlength=self.tokenizer.codebook_size)
+        batch = images.shape[0]
+        self.log("val/psnr", psnr(reconstruction, images).mean(), batch_size=batch, sync_dist=True, prog_bar=True)
+        ssim = structural_similarity_index_measure((reconstruction + 1) / 2, (images + 1) / 2, data_range=1.0)
+        self.log("val/ssim", ssim, batch_size=batch, sync_dist=True)
+        self.log("val/l1", F.l1_loss(reconstruction, images), batch_size=batch, sync_dist=True)
+        if batch_idx == 0 and self.trainer.is_global_zero:
+            self._write_grid(images[: self.hparams.grid_images], reconstruction[: self.hparams.grid_images])
+
+    def on_validation_epoch_end(self) -> None:
+        # Every rank reads the whole validation set, so its counts are already the full histogram.
+        counts = self.val_counts.clone()
+        used = int((counts > 0).sum())
+        probabilities = counts.double() / counts.sum().clamp(min=1)
+        entropy = -(probabilities[probabilities > 0] * probabilities[probabilities > 0].log()).sum()
+        self.log("val/codebook_usage", 100.0 * used / counts.numel(), sync_dist=True, prog_bar=True)
+        self.log("val/perplexity", float(entropy.exp()), sync_dist=True)
+        self.last_val_counts = counts.cpu()
+
+    def on_fit_end(self) -> None:
+        if self.trainer.is_global_zero and self.last_val_counts is not None:
+            path = write_usage_histogram(self.last_val_counts, self.run_dir / "codebook_usage.png")
+            log.info("codebook usage histogram written to %s", path)
+
+    def _write_grid(self, originals: torch.Tensor, reconstructions: torch.Tensor) -> None:
+        """Top row originals, bottom row reconstructions, one PNG per validation."""
+        from PIL import Image
+
+        tiles = tensor_to_pil(torch.cat([originals, reconstructions]))
+        count, (width, height) = originals.shape[0], tiles[0].size
+        grid = Image.new("RGB", (count * width, 2 * height))
+        for index, tile in enumerate(tiles):
+            grid.paste(tile, ((index % count) * width, (index // count) * height))
+        folder = self.run_dir / "reconstructions"
+        folder.mkdir(parents=True, exist_ok=True)
+        temporary = folder / f".step-{self.global_step:07d}.png.tmp"
+        grid.save(temporary, format="PNG")
+        temporary.replace(folder / f"step-{self.global_step:07d}.png")
+
+
+def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB for images in [-1, 1] (peak-to-peak 2)."""
+    mse = (reconstruction - target).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(4.0 / mse.clamp(min=1e-10))
+
+
+def write_usage_histogram(counts: torch.Tensor, path: Path) -> Path:
+    """Bar plot of validation hits per code, sorted: shows at a glance how evenly codes are used."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ordered = counts.sort(descending=True).values.numpy()
+    used = int((counts > 0).sum())
+    figure, axis = plt.subplots(figsize=(8, 3))
+    axis.bar(range(len(ordered)), ordered, width=1.0)
+    axis.set_xlabel("code (sorted by use)")
+    axis.set_ylabel("hits on validation")
+    axis.set_title(f"codebook usage: {used}/{len(ordered)} codes ({100 * used / len(ordered):.1f}%)")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(temporary)
+    plt.close(figure)
+    temporary.replace(path)
+    return path
+
+
+def _last_checkpoint(trainer: L.Trainer | None) -> str | None:
+    callback = getattr(trainer, "checkpoint_callback", None) if trainer is not None else None
+    if callback is None:
+        return None
+    return getattr(callback, "last_model_path", None) or getattr(callback, "best_model_path", None) or None

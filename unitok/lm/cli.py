@@ -1,0 +1,45 @@
+"""``unitok lm``: train/validate the unified LM (LightningCLI) and export it as a plain HF folder.
+
+``unitok lm fit|validate ...`` hands every following argument to LightningCLI, so ``--config``,
+``--print_config``, ``--ckpt_path`` and dotted overrides work as Lightning documents them.
+``unitok lm export CKPT OUT_DIR`` is ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+ACTIONS = ("fit", "validate", "export")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=ACTIONS,
+                        help="fit/validate: LightningCLI (try `unitok lm fit --help`); "
+                             "export CKPT OUT_DIR: write a Hugging Face folder")
+    parser.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the action")
+
+
+def _export(rest: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="unitok lm export",
+                                     description="Lightning checkpoint -> Hugging Face folder loadable "
+                                                 "with AutoModelForCausalLM (no trust_remote_code)")
+    parser.add_argument("checkpoint", help="a .ckpt written by `unitok lm fit`")
+    parser.add_argument("out_dir", help="output folder (replaced atomically if it exists)")
+    args = parser.parse_args(rest)
+    from unitok.lm.module import export_checkpoint
+
+    start = time.perf_counter()
+    out = export_checkpoint(args.checkpoint, args.out_dir)
+    print(f"exported {args.checkpoint} to {out} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "export":
+        return _export(args.rest)
+    from unitok.lm.training import main
+
+    main([args.action, *args.rest])
+    return 0
+

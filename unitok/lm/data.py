@@ -1,0 +1,167 @@
+"""LM training data: code shards (from ``unitok tokenize``) -> batches of unified sequences.
+
+The text tokenizer and the vocabulary belong to the model (a from-scratch BPE is trained when the
+model is built), so the DataModule takes them from the LightningModule in ``setup``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from functools import partial
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from unitok.data.shards import SkipCounter, iterate_samples, read_shards
+from unitok.errors import UserError
+from unitok.lm.sequences import (
+    Example,
+    TaskMix,
+    captioning_example,
+    collate,
+    sample_example,
+    text_to_image_example,
+)
+from unitok.lm.text_tokenizer import encode_text
+from unitok.vocabulary import UnifiedVocabulary
+
+
+def caption_texts(source: str | list[str], limit: int | None = None) -> Iterator[str]:
+    """Reference captions and paraphrases of a shard set: the corpus a from-scratch BPE learns."""
+    for index, sample in enumerate(iterate_samples(source)):
+        if limit is not None and index >= limit:
+            return
+        if "caption" in sample:
+            yield sample["caption"]
+        yield from sample["meta"].get("paraphrases", [])
+
+
+class ExampleMaker:
+    """Shard-sample transform: decoded sample -> list of training ``Example``s.
+
+    training=True draws one sequence per sample from the task mix; training=False yields both a
+    text-to-image (reference caption) and a captioning sequence, so validation measures both.
+    A plain class (not a closure) so DataLoader workers can pickle it.
+    """
+
+    def __init__(self, tokenizer, vocab: UnifiedVocabulary, mix: TaskMix, training: bool, seed: int = 0):
+        self.tokenizer, self.vocab, self.mix, self.training, self.seed = tokenizer, vocab, mix, training, seed
+        self._rng: random.Random | None = None
+
+    def _random(self) -> random.Random:
+        # Seeded lazily inside each worker: torch gives every worker (and epoch) its own seed;
+        # the rank keeps DDP processes from drawing the same task sequence.
+        if self._rng is None:
+            rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+            self._rng = random.Random(torch.initial_seed() + 7919 * rank + self.seed)
+        return self._rng
+
+    def __call__(self, sample: dict[str, Any]) -> list[Example]:
+        codes = torch.from_numpy(sample["codes"].astype("int64"))
+        caption = encode_text(self.tokenizer, sample["caption"])
+        if not self.training:
+            return [text_to_image_example(caption, codes, self.vocab), captioning_example(codes, caption, self.vocab)]
+        paraphrases = [encode_text(self.tokenizer, p) for p in sample["meta"].get("paraphrases", [])]
+        return [sample_example(codes, caption, paraphrases, self.vocab, self.mix, self._random())]
+
+
+def collate_examples(batch: list[list[Example]], vocab: UnifiedVocabulary) -> dict[str, torch.Tensor]:
+    return collate([example for examples in batch for example in examples], vocab)
+
+
+class CodeShardDataModule(L.LightningDataModule):
+    """Batches of text-to-image / captioning sequences from code shards.
+
+    Args:
+        train_shards: folder, glob or brace pattern of training code shards.
+        val_shards: the same for validation (every rank reads all of it).
+        batch_size: samples per batch (per device); validation batches hold 2 sequences per sample.
+        samples_per_epoch: training samples per epoch and rank (the stream is resampled, endless).
+        val_samples: validate on the first N validation samples (None: all).
+        text_to_image: probability of a text-to-image sequence (else captioning).
+        caption_dropout: probability of replacing a text-to-image caption by <|uncond|> (CFG).
+        paraphrase: probability that a text-to-image prompt is one of the sample's paraphrases.
+        num_workers: DataLoader worker processes.
+        shuffle_buffer: samples in the training shuffle buffer.
+    """
+
+    def __init__(
+        self,
+        train_shards: str,
+        val_shards: str | None = None,
+        batch_size: int = 64,
+        samples_per_epoch: int = 20_000,
+        val_samples: int | None = 500,
+        text_to_image: float = 0.5,
+        caption_dropout: float = 0.1,
+        paraphrase: float = 0.5,
+        num_workers: int = 1,
+        shuffle_buffer: int = 2000,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.mix = TaskMix(text_to_image=text_to_image, caption_dropout=caption_dropout, paraphrase=paraphrase)
+        self.skips = SkipCounter("code-shard sample")
+
+    def _model_text_side(self) -> tuple[Any, UnifiedVocabulary]:
+        # Asked when loaders are built, i.e. after a resumed checkpoint restored the tokenizer.
+        module = self.trainer.lightning_module
+        return module.text_tokenizer, module.vocabulary
+
+    def setup(self, stage: str) -> None:
+        _, vocab = self._model_text_side()
+        for source in filter(None, (self.hparams.train_shards, self.hparams.val_shards)):
+            check_codes(source, vocab)
+
+    def train_dataloader(self) -> DataLoader:
+        tokenizer, vocab = self._model_text_side()
+        maker = ExampleMaker(tokenizer, vocab, self.mix, training=True, seed=self.hparams.seed)
+        dataset = read_shards(
+            self.hparams.train_shards, training=True, samples_per_epoch=self.hparams.samples_per_epoch,
+            shuffle_buffer=self.hparams.shuffle_buffer, transform=maker, skip_counter=self.skips,
+            seed=self.hparams.seed,
+        )
+        return DataLoader(
+            dataset, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers,
+            collate_fn=partial(collate_examples, vocab=vocab), persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        if not self.hparams.val_shards:
+            return []
+        tokenizer, vocab = self._model_text_side()
+        maker = ExampleMaker(tokenizer, vocab, self.mix, training=False)
+        dataset = read_shards(self.hparams.val_shards, training=False, transform=maker, skip_counter=self.skips)
+        if self.hparams.val_samples:
+            dataset = dataset.slice(self.hparams.val_samples)
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, collate_fn=partial(collate_examples, vocab=vocab))
+
+
+def check_codes(source: str | list[str], vocab: UnifiedVocabulary) -> None:
+    """Fail before training when the shards' code grid or range does not fit the vocabulary.
+
+    Without this, the reader's skip-and-count handler would drop every mismatched sample and
+    the endless training stream would never yield a batch.
+    """
+    try:
+        sample = next(iterate_samples(source))
+    except FileNotFoundError as error:
+        raise UserError(str(error)) from error
+    except StopIteration:
+        raise UserError(f"no samples in {source}") from None
+    if "codes" not in sample:
+        raise UserError(f"{source} holds image shards without codes.npy: make code shards with `unitok tokenize`")
+    meta = sample["meta"]  # `unitok tokenize` records the image tokenizer's geometry here
+    vocab.check_compatible(codebook_size=meta.get("codebook_size"),
+                           grid=tuple(meta["grid_size"]) if "grid_size" in meta else None)
+    codes = sample["codes"]
+    if tuple(codes.shape) != vocab.grid:
+        vocab.check_compatible(grid=tuple(codes.shape[-2:]))
+        raise UserError(f"codes in {source} have shape {tuple(codes.shape)}, the vocabulary expects {vocab.grid}")
+    if codes.min() < 0 or codes.max() >= vocab.codebook_size:
+        raise UserError(f"codes in {source} lie in [{codes.min()}, {codes.max()}], outside the vocabulary's "
+                        f"{vocab.codebook_size} codes: use the image tokenizer the LM was built for")

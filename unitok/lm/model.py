@@ -1,0 +1,188 @@
+"""Building, saving and loading the unified LM: a plain Hugging Face causal LM + its vocabulary.
+
+Two ways in: any HF causal LM (hub id or folder) with its own tokenizer, whose embedding is
+extended with UniTok's rows; or a small Llama from scratch with a BPE trained on the captions (the
+embedded default). Either way the result saves as a normal HF folder plus ``unitok_vocabulary.json``
+and loads back with ``AutoModelForCausalLM`` / ``AutoTokenizer`` without ``trust_remote_code``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from unitok.errors import UserError
+from unitok.lm.text_tokenizer import check_tokenizer, extend_tokenizer, vocabulary_for
+from unitok.vocabulary import VOCABULARY_FILE, UnifiedVocabulary
+
+
+@dataclass
+class ScratchConfig:
+    """A small Llama for the from-scratch LM (the embedded default uses this)."""
+
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 4
+    intermediate_size: int = 768
+    max_positions: int = 512
+    tie_embeddings: bool = True
+    initializer_range: float = 0.02
+
+
+def _set_special_ids(model: PreTrainedModel, vocab: UnifiedVocabulary) -> None:
+    """Make plain ``model.generate`` stop at EOS (captioning) or <|eoi|> (text-to-image)."""
+    model.config.pad_token_id = vocab.pad_id
+    model.config.eos_token_id = vocab.eos_id
+    model.config.bos_token_id = vocab.bos_id
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = vocab.pad_id
+        model.generation_config.eos_token_id = [vocab.eos_id, vocab.eoi_id]
+        model.generation_config.bos_token_id = vocab.bos_id
+
+
+def build_scratch_lm(
+    text_tokenizer: PreTrainedTokenizerBase, codebook_size: int, grid: tuple[int, int], config: ScratchConfig
+) -> tuple[PreTrainedModel, UnifiedVocabulary]:
+    """A randomly initialised Llama sized for the unified vocabulary; extends ``text_tokenizer``."""
+    vocab = vocabulary_for(text_tokenizer, codebook_size, grid)
+    extend_tokenizer(text_tokenizer, vocab)
+    llama = LlamaConfig(
+        vocab_size=vocab.size,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_kv_heads,
+        max_position_embeddings=config.max_positions,
+        tie_word_embeddings=config.tie_embeddings,
+        initializer_range=config.initializer_range,
+        bos_token_id=vocab.bos_id, eos_token_id=vocab.eos_id, pad_token_id=vocab.pad_id,
+    )
+    model = LlamaForCausalLM(llama)
+    _set_special_ids(model, vocab)
+    return model, vocab
+
+
+def build_pretrained_lm(
+    name_or_path: str,
+    codebook_size: int,
+    grid: tuple[int, int],
+    text_tokenizer: str | None = None,
+    dtype: torch.dtype | None = None,
+    seed: int = 0,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, UnifiedVocabulary]:
+    """Any HF causal LM (hub id or folder) with its tokenizer, extended with UniTok's rows.
+
+    A folder that is already a UniTok LM (it has ``unitok_vocabulary.json``) is loaded as it is,
+    after checking that its vocabulary fits the image tokenizer, so training can continue from an
+    export.
+    """
+    if (Path(name_or_path) / VOCABULARY_FILE).is_file():
+        model, tokenizer, vocab = load_unified_lm(name_or_path, dtype=dtype)
+        vocab.check_compatible(codebook_size=codebook_size, grid=grid)
+        return model.train(), tokenizer, vocab
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(text_tokenizer or name_or_path)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+    except OSError as error:
+        raise UserError(f"cannot load the causal LM {name_or_path!r}: {error}") from error
+    # A config object shared with another model would be resized with it (ECOSYSTEM-NOTES).
+    model.config = copy.deepcopy(model.config)
+    vocab = vocabulary_for(tokenizer, codebook_size, grid)
+    extend_tokenizer(tokenizer, vocab)
+    resize_embeddings(model, vocab, seed=seed)
+    _set_special_ids(model, vocab)
+    return model.train(), tokenizer, vocab
+
+
+def resize_embeddings(model: PreTrainedModel, vocab: UnifiedVocabulary, seed: int = 0) -> None:
+    """Give the model exactly ``vocab.size`` rows; rows from ``vocab.text_size`` on are new.
+
+    HF's ``mean_resizing`` makes the new rows nearly identical (ECOSYSTEM-NOTES), so image codes
+    would start indistinguishable. We draw each new row from a normal with the per-dimension mean
+    and std of the text rows instead: distinct rows at the scale the network expects. An untied
+    output head gets the same treatment; a tied one follows the input embedding.
+    """
+    old_input = model.get_input_embeddings().weight.detach().clone()
+    old_output = model.get_output_embeddings()
+    old_output = None if old_output is None else old_output.weight.detach().clone()
+    model.resize_token_embeddings(vocab.size, mean_resizing=False)
+    generator = torch.Generator().manual_seed(seed)
+    tied = _is_tied(model)
+    for embedding, old in ((model.get_input_embeddings(), old_input), (model.get_output_embeddings(), old_output)):
+        if embedding is None or old is None or (tied and embedding is model.get_output_embeddings()):
+            continue
+        text = old[: vocab.text_size].float()
+        mean, std = text.mean(0), text.std(0)
+        noise = torch.randn(vocab.size - vocab.text_size, text.shape[1], generator=generator)
+        with torch.no_grad():
+            embedding.weight[vocab.text_size:] = (mean + std * noise).to(embedding.weight.dtype)
+    if model.config.get_text_config().vocab_size != vocab.size:
+        raise RuntimeError(f"resizing left config.vocab_size at {model.config.vocab_size}, expected {vocab.size}")
+
+
+def _is_tied(model: PreTrainedModel) -> bool:
+    output = model.get_output_embeddings()
+    return output is not None and output.weight is model.get_input_embeddings().weight
+
+
+def save_unified_lm(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, vocab: UnifiedVocabulary, out_dir: str | os.PathLike
+) -> Path:
+    """Write a plain HF folder (config.json, model.safetensors, tokenizer files, vocabulary JSON).
+
+    Written into a temporary sibling folder and renamed into place, so ``out_dir`` is either the
+    previous export or the complete new one, never half written.
+    """
+    out = Path(out_dir)
+    check_tokenizer(tokenizer, vocab)
+    vocab.check_compatible(lm_vocab_size=model.get_input_embeddings().num_embeddings)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        vocab.save(tmp)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def load_unified_lm(
+    directory: str | os.PathLike, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, UnifiedVocabulary]:
+    """Load an exported UniTok LM folder as (model in eval mode, text tokenizer, vocabulary).
+
+    Fails with a clear message when the model, the tokenizer and the vocabulary file disagree.
+    """
+    vocab = UnifiedVocabulary.load(directory)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    vocab.check_compatible(lm_vocab_size=model.get_input_embeddings().num_embeddings)
+    check_tokenizer(tokenizer, vocab)
+    if device is not None:
+        model = model.to(device)
+    return model.eval(), tokenizer, vocab

@@ -1,0 +1,220 @@
+"""The LightningModule that trains the unified LM (research code only: model, loss, metrics).
+
+Devices, precision, DDP and checkpointing are the Trainer's and are chosen in the YAML configs.
+The checkpoint carries everything an export needs (HF config, tokenizer files, vocabulary), so
+``unitok lm export CKPT OUT_DIR`` needs neither the training data nor the hub.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+from unitok.errors import UserError
+from unitok.lm.model import ScratchConfig, build_pretrained_lm, build_scratch_lm
+from unitok.lm.sequences import IGNORE, TASKS
+from unitok.lm.text_tokenizer import train_bpe_tokenizer
+from unitok.vocabulary import UnifiedVocabulary
+
+CHECKPOINT_KEY = "unitok"
+
+
+def image_geometry(
+    image_tokenizer: str | None, codebook_size: int | None, grid: tuple[int, int] | None
+) -> tuple[int, tuple[int, int]]:
+    """Codebook size and grid: from the image tokenizer's folder, or given; never contradictory."""
+    if image_tokenizer is not None:
+        from tokenizer.model import VQTokenizer
+
+        try:
+            vq = VQTokenizer.from_pretrained(image_tokenizer)
+        except (OSError, ValueError) as error:
+            raise UserError(f"cannot load the image tokenizer {image_tokenizer!r}: {error}") from error
+        given, found = (codebook_size, grid and tuple(grid)), (vq.codebook_size, tuple(vq.grid_size))
+        if any(g is not None and g != f for g, f in zip(given, found, strict=True)):
+            raise UserError(f"model.codebook_size/grid {given} contradict the image tokenizer's {found}: "
+                            "drop them or use the matching tokenizer")
+        return found
+    if codebook_size is None or grid is None:
+        raise UserError("give model.image_tokenizer (its export folder), or both model.codebook_size and model.grid")
+    return codebook_size, tuple(grid)
+
+
+class UnifiedLMModule(L.LightningModule):
+    """A causal LM over ``[text | specials | image codes]`` trained on text-to-image + captioning.
+
+    Args:
+        pretrained: HF causal LM (hub id or folder) to extend; None builds a Llama from scratch.
+        text_tokenizer: tokenizer to use with ``pretrained`` (default: the model's own).
+        scratch: size of the from-scratch Llama (used when ``pretrained`` is None).
+        tokenizer_captions: code shards whose captions train the from-scratch BPE
+            (the CLI links it to ``data.train_shards``).
+        bpe_vocab_size: size of that BPE's vocabulary.
+        bpe_max_samples: read at most this many samples' captions to train it.
+        image_tokenizer: exported image tokenizer folder (gives codebook size and grid).
+        codebook_size, grid: the same, given directly (checked against ``image_tokenizer``).
+        learning_rate, min_lr_ratio, warmup_steps: linear warmup, then cosine to lr * min_lr_ratio.
+        weight_decay, betas: AdamW (no decay on norms and biases).
+        seed: seed of the new embedding rows of a pretrained LM.
+    """
+
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        text_tokenizer: str | None = None,
+        scratch: ScratchConfig | dict | None = None,
+        tokenizer_captions: str | None = None,
+        bpe_vocab_size: int = 384,
+        bpe_max_samples: int | None = 50_000,
+        image_tokenizer: str | None = None,
+        codebook_size: int | None = None,
+        grid: tuple[int, int] | None = None,
+        learning_rate: float = 1e-3,
+        min_lr_ratio: float = 0.1,
+        warmup_steps: int = 200,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        seed: int = 0,
+    ):
+        super().__init__()
+        # Stored as a plain dict so checkpoints load with torch.load(weights_only=True).
+        scratch = ScratchConfig(**scratch) if isinstance(scratch, dict) else scratch or ScratchConfig()
+        self.save_hyperparameters(ignore=["scratch"])
+        self.hparams["scratch"] = asdict(scratch)
+        codebook_size, grid = image_geometry(image_tokenizer, codebook_size, grid)
+        if pretrained is not None:
+            self.model, self.text_tokenizer, self.vocabulary = build_pretrained_lm(
+                pretrained, codebook_size, grid, text_tokenizer=text_tokenizer, seed=seed)
+        else:
+            if tokenizer_captions is None:
+                raise UserError("a from-scratch LM trains its BPE on captions: set model.tokenizer_captions "
+                                "(or data.train_shards), or give model.pretrained")
+            from unitok.lm.data import caption_texts
+
+            self.text_tokenizer = train_bpe_tokenizer(caption_texts(tokenizer_captions, bpe_max_samples), bpe_vocab_size)
+            self.model, self.vocabulary = build_scratch_lm(
+                self.text_tokenizer, codebook_size, grid, scratch)
+
+    # -- loss and metrics ----------------------------------------------------------------------
+    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits, targets = logits[:, :-1].float(), batch["labels"][:, 1:]
+        token_loss = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")
+        counted = targets != IGNORE
+        batch_size = batch["input_ids"].shape[0]
+        on_step = stage == "train"
+        # Each task's loss is its own token mean, and the loss is their average: a captioning
+        # sequence has ~20 target tokens against 65 for text-to-image, and a plain token mean
+        # would make captioning learn ~3x slower.
+        task_losses = []
+        for index, task in enumerate(TASKS):
+            rows = counted & (batch["task"] == index)[:, None]
+            if rows.any():
+                task_losses.append(token_loss[rows].mean())
+                self.log(f"{stage}/loss_{task}", task_losses[-1], batch_size=batch_size,
+                         on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
+        loss = torch.stack(task_losses).mean() if task_losses else token_loss.sum() * 0.0
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=batch_size, on_step=on_step, on_epoch=not on_step,
+                 sync_dist=not on_step)
+        is_image = counted & (targets >= self.vocabulary.image_offset)
+        if is_image.any():
+            correct = (logits.argmax(-1) == targets)[is_image].float().mean()
+            self.log(f"{stage}/image_token_acc", correct, prog_bar=stage == "val", batch_size=batch_size,
+                     on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
+        is_text = counted & (batch["task"] == TASKS.index("captioning"))[:, None]
+        if is_text.any():
+            correct = (logits.argmax(-1) == targets)[is_text].float().mean()
+            self.log(f"{stage}/caption_token_acc", correct, batch_size=batch_size,
+                     on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
+        return loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    # -- optimisation --------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hparams.learning_rate, betas=tuple(self.hparams.betas),
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+            optimizer, num_warmup_steps=min(self.hparams.warmup_steps, total), num_training_steps=total,
+            min_lr_rate=self.hparams.min_lr_ratio,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- checkpoint: everything an export needs ----------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = {
+            "hf_config": self.model.config.to_json_string(use_diff=False),
+            "generation_config": self.model.generation_config.to_json_string(use_diff=False),
+            "tokenizer_files": tokenizer_files(self.text_tokenizer),
+            "vocabulary": self.vocabulary.to_dict(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        stored = UnifiedVocabulary.from_dict(checkpoint[CHECKPOINT_KEY]["vocabulary"])
+        if stored != self.vocabulary:
+            raise UserError(f"checkpoint vocabulary {stored} differs from the one built from this config "
+                            f"{self.vocabulary}: resume with the config the checkpoint was trained with")
+        # Same layout; take the checkpoint's exact tokenizer (a re-trained BPE could differ in merges).
+        self.text_tokenizer = restore_tokenizer(checkpoint[CHECKPOINT_KEY]["tokenizer_files"])
+
+
+def tokenizer_files(tokenizer) -> dict[str, str]:
+    """The tokenizer's saved files as text, so a checkpoint is self-contained."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        return {path.name: path.read_text() for path in Path(tmp).iterdir() if path.is_file()}
+
+
+def restore_tokenizer(files: dict[str, str]):
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, text in files.items():
+            (Path(tmp) / name).write_text(text)
+        return AutoTokenizer.from_pretrained(tmp)
+
+
+def export_checkpoint(checkpoint_path: str, out_dir: str) -> Path:
+    """Lightning checkpoint -> plain HF folder (see ``save_unified_lm``), without the training data."""
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    from unitok.lm.model import save_unified_lm
+
+    try:
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"no checkpoint at {checkpoint_path}") from None
+    if CHECKPOINT_KEY not in checkpoint:
+        raise UserError(f"{checkpoint_path} is not a UniTok LM checkpoint (no {CHECKPOINT_KEY!r} entry)")
+    stored = checkpoint[CHECKPOINT_KEY]
+    config_dict = json.loads(stored["hf_config"])
+    config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
+    model = AutoModelForCausalLM.from_config(config)
+    state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # Tied output weights may be stored under one name only; anything else missing is an error.
+    missing = [k for k in missing if not (k.endswith("lm_head.weight") and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise UserError(f"checkpoint weights do not fit its model config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.tie_weights()
+    model.generation_config = GenerationConfig.from_dict(json.loads(stored["generation_config"]))
+    tokenizer = restore_tokenizer(stored["tokenizer_files"])
+    vocab = UnifiedVocabulary.from_dict(stored["vocabulary"])
+    return save_unified_lm(model.eval(), tokenizer, vocab, out_dir)

@@ -1,0 +1,158 @@
+"""Sequence formats of the unified LM, at the id level (never by tokenizing marker strings).
+
+Training sequences (``[bos]`` only when ``vocab.bos_id`` is set)::
+
+    text-to-image   [bos] caption <|boi|> codes <|eoi|>          loss on codes and <|eoi|>
+    unconditional   [bos] <|uncond|> <|boi|> codes <|eoi|>       same, the caption dropped (CFG)
+    captioning      [bos] <|boi|> codes <|eoi|> caption <eos>    loss on caption and <eos>
+
+Prompts for generation are the same sequences cut where the model takes over, left-padded into
+a batch. Every consumer (training, the sampler, the API) builds them with these functions.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from unitok.vocabulary import UnifiedVocabulary
+
+IGNORE = -100  # label of positions that carry no loss (torch cross_entropy's ignore_index)
+TASKS = ("text_to_image", "captioning")  # index = the ``task`` value in a batch
+
+
+@dataclass(frozen=True)
+class TaskMix:
+    """How training sequences are drawn from a (codes, caption, paraphrases) sample."""
+
+    text_to_image: float = 0.5  # probability of a text-to-image sequence (else captioning)
+    caption_dropout: float = 0.1  # text-to-image caption replaced by <|uncond|>, for CFG
+    paraphrase: float = 0.5  # text-to-image prompt is a paraphrase (when the sample has some)
+
+    def __post_init__(self) -> None:
+        for name in ("text_to_image", "caption_dropout", "paraphrase"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"TaskMix.{name} must be a probability, got {getattr(self, name)}")
+
+
+@dataclass
+class Example:
+    """One training sequence: ids, aligned labels (IGNORE where no loss) and its task index."""
+
+    input_ids: list[int]
+    labels: list[int]
+    task: int
+
+
+@dataclass
+class Prompt:
+    """A left-padded batch of prompts; ``position_ids`` count from 0 at each row's first real id."""
+
+    input_ids: torch.Tensor  # (batch, length) long
+    attention_mask: torch.Tensor  # (batch, length) long, 0 on padding
+    position_ids: torch.Tensor  # (batch, length) long
+
+
+def _bos(vocab: UnifiedVocabulary) -> list[int]:
+    return [] if vocab.bos_id is None else [vocab.bos_id]
+
+
+def _image_segment(code_ids: Sequence[int], vocab: UnifiedVocabulary) -> list[int]:
+    return [vocab.boi_id, *code_ids, vocab.eoi_id]
+
+
+def _code_ids(codes: torch.Tensor, vocab: UnifiedVocabulary) -> list[int]:
+    return vocab.to_lm_ids(torch.as_tensor(codes)).tolist()
+
+
+# -- training sequences ------------------------------------------------------------------------
+
+
+def text_to_image_example(text_ids: Sequence[int] | None, codes: torch.Tensor, vocab: UnifiedVocabulary) -> Example:
+    """``[bos] caption <boi> codes <eoi>``; ``text_ids=None`` is the unconditional (dropped) caption."""
+    condition = _bos(vocab) + ([vocab.uncond_id] if text_ids is None else list(text_ids)) + [vocab.boi_id]
+    target = _code_ids(codes, vocab) + [vocab.eoi_id]
+    return Example(condition + target, [IGNORE] * len(condition) + target, TASKS.index("text_to_image"))
+
+
+def captioning_example(codes: torch.Tensor, text_ids: Sequence[int], vocab: UnifiedVocabulary) -> Example:
+    """``[bos] <boi> codes <eoi> caption <eos>`` with the loss on the caption and ``<eos>``."""
+    condition = _bos(vocab) + _image_segment(_code_ids(codes, vocab), vocab)
+    target = list(text_ids) + [vocab.eos_id]
+    return Example(condition + target, [IGNORE] * len(condition) + target, TASKS.index("captioning"))
+
+
+def sample_example(
+    codes: torch.Tensor,
+    caption_ids: Sequence[int],
+    paraphrase_ids: Sequence[Sequence[int]],
+    vocab: UnifiedVocabulary,
+    mix: TaskMix,
+    rng: random.Random,
+) -> Example:
+    """Draw one training sequence for a sample according to ``mix``.
+
+    Captioning always targets the reference caption (so its output stays parseable);
+    text-to-image prompts may be any phrasing.
+    """
+    if rng.random() >= mix.text_to_image:
+        return captioning_example(codes, caption_ids, vocab)
+    if rng.random() < mix.caption_dropout:
+        return text_to_image_example(None, codes, vocab)
+    if paraphrase_ids and rng.random() < mix.paraphrase:
+        return text_to_image_example(rng.choice(paraphrase_ids), codes, vocab)
+    return text_to_image_example(caption_ids, codes, vocab)
+
+
+def collate(examples: Sequence[Example], vocab: UnifiedVocabulary) -> dict[str, torch.Tensor]:
+    """Right-pad a list of examples into ``input_ids``, ``attention_mask``, ``labels``, ``task``."""
+    length = max(len(e.input_ids) for e in examples)
+    input_ids = torch.full((len(examples), length), vocab.pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), length), IGNORE, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example.input_ids)
+        input_ids[row, :n] = torch.tensor(example.input_ids)
+        labels[row, :n] = torch.tensor(example.labels)
+        attention_mask[row, :n] = 1
+    task = torch.tensor([e.task for e in examples], dtype=torch.long)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "task": task}
+
+
+# -- generation prompts ------------------------------------------------------------------------
+
+
+def left_pad(rows: Sequence[Sequence[int]], vocab: UnifiedVocabulary) -> Prompt:
+    """Left-pad id lists into a Prompt (generation appends on the right, so rows end together)."""
+    if not rows:
+        raise ValueError("a prompt batch needs at least one row")
+    length = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), length), vocab.pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            input_ids[i, length - len(row):] = torch.tensor(list(row), dtype=torch.long)
+            attention_mask[i, length - len(row):] = 1
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return Prompt(input_ids, attention_mask, position_ids)
+
+
+def text_to_image_prompt(text_ids: Sequence[Sequence[int]], vocab: UnifiedVocabulary) -> Prompt:
+    """Prompts ``[bos] caption <boi>`` for a batch of captions (text ids from ``encode_text``)."""
+    return left_pad([_bos(vocab) + list(ids) + [vocab.boi_id] for ids in text_ids], vocab)
+
+
+def unconditional_prompt(batch_size: int, vocab: UnifiedVocabulary) -> Prompt:
+    """Prompts ``[bos] <|uncond|> <boi>``: the empty caption of classifier-free guidance."""
+    return left_pad([_bos(vocab) + [vocab.uncond_id, vocab.boi_id]] * batch_size, vocab)
+
+
+def captioning_prompt(codes: torch.Tensor, vocab: UnifiedVocabulary) -> Prompt:
+    """Prompts ``[bos] <boi> codes <eoi>`` for image codes of shape ``(batch, h, w)``."""
+    code_ids = vocab.to_lm_ids(torch.as_tensor(codes))
+    if code_ids.ndim != 2:
+        raise ValueError(f"codes must be (batch, h, w), got shape {tuple(torch.as_tensor(codes).shape)}")
+    return left_pad([_bos(vocab) + _image_segment(row, vocab) for row in code_ids.tolist()], vocab)
