@@ -21,9 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	mkdir -p out
-	$(BIN)/unitok generate "a large red circle at the top left and a small blue square at the center on a white background" -n 4 --seed 0 --grid --out out/demo.png
-	$(BIN)/unitok caption out/demo.png
+	bash scripts/demo.sh
 
 # pytest exits 5 when it collects no test: that is a failure here too, as is any non-zero code.
 test: setup
