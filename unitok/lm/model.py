@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from unitok.atomic import atomic_directory
 from unitok.errors import UserError
 from unitok.lm.text_tokenizer import check_tokenizer, extend_tokenizer, vocabulary_for
 from unitok.vocabulary import VOCABULARY_FILE, UnifiedVocabulary
@@ -149,26 +148,13 @@ def save_unified_lm(
     Written into a temporary sibling folder and renamed into place, so ``out_dir`` is either the
     previous export or the complete new one, never half written.
     """
-    out = Path(out_dir)
     check_tokenizer(tokenizer, vocab)
     vocab.check_compatible(lm_vocab_size=model.get_input_embeddings().num_embeddings)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         vocab.save(tmp)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return Path(out_dir)
 
 
 def load_unified_lm(
