@@ -295,8 +295,12 @@ def _size_word(obj: ShapeObject, rng: np.random.Generator) -> str:
     return _pick(rng, _SIZE_WORDS[obj.size])
 
 
+def _described_object(obj: ShapeObject, rng: np.random.Generator) -> str:
+    return f"a {_size_word(obj, rng)} {obj.color} {obj.shape} {_pick(rng, _POSITION_PHRASES[obj.position])}"
+
+
 def _background_first(scene: Scene, rng: np.random.Generator) -> str:
-    parts = [f"a {_size_word(o, rng)} {o.color} {o.shape} {_pick(rng, _POSITION_PHRASES[o.position])}" for o in scene.objects]
+    parts = [_described_object(o, rng) for o in scene.objects]
     return f"a {scene.background} background with {_join(parts)}"
 
 
@@ -308,7 +312,7 @@ def _position_first(scene: Scene, rng: np.random.Generator) -> str:
 def _counted(scene: Scene, rng: np.random.Generator) -> str:
     n = len(scene.objects)
     noun = "shape" if n == 1 else "shapes"
-    parts = [f"a {_size_word(o, rng)} {o.color} {o.shape} {_pick(rng, _POSITION_PHRASES[o.position])}" for o in scene.objects]
+    parts = [_described_object(o, rng) for o in scene.objects]
     return f"{_COUNT_WORDS[n]} {noun} on a {scene.background} background: {_join(parts)}"
 
 
@@ -323,7 +327,7 @@ def _terse(scene: Scene, rng: np.random.Generator) -> str:
 
 
 def _there_is(scene: Scene, rng: np.random.Generator) -> str:
-    parts = [f"a {_size_word(o, rng)} {o.color} {o.shape} {_pick(rng, _POSITION_PHRASES[o.position])}" for o in scene.objects]
+    parts = [_described_object(o, rng) for o in scene.objects]
     return f"an image of {_join(parts)}, the background is {scene.background}"
 
 
