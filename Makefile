@@ -2,7 +2,7 @@
 #   make demo   set up .venv, then draw and caption images with the embedded default model
 #   make test   set up .venv, then run the test suite
 # PyTorch is pinned to the CPU wheel used here; on a GPU machine install the CUDA build of
-# torch first (pyproject.toml only asks for torch>=2.4) and `pip install -e '.[gpu]'`.
+# torch first (pyproject.toml only asks for torch>=2.5) and `pip install -e '.[gpu]'`.
 
 PYTHON ?= python3
 VENV ?= .venv
