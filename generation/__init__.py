@@ -6,8 +6,7 @@ import torch, transformers or diffusers.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from unitok.lazy_exports import lazy_getattr
 
 _PUBLIC = {
     "UniTokPipeline": "generation.pipeline",
@@ -19,8 +18,4 @@ _PUBLIC = {
 
 __all__ = sorted(_PUBLIC)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _PUBLIC:
-        raise AttributeError(f"module 'generation' has no attribute {name!r}")
-    return getattr(importlib.import_module(_PUBLIC[name]), name)
+__getattr__ = lazy_getattr("generation", _PUBLIC)

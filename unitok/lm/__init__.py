@@ -1,12 +1,11 @@
-"""The unified LM: one causal LM over text ids and image codes (see unitok/lm/README.md).
+"""The unified LM: one causal LM over text ids and image codes (see the README's "unified LM" section).
 
 Public names are imported lazily so ``unitok lm --help`` does not import torch/transformers.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from unitok.lazy_exports import lazy_getattr
 
 _PUBLIC = {
     "load_unified_lm": "unitok.lm.model",
@@ -24,8 +23,4 @@ _PUBLIC = {
 
 __all__ = sorted(_PUBLIC)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _PUBLIC:
-        raise AttributeError(f"module 'unitok.lm' has no attribute {name!r}")
-    return getattr(importlib.import_module(_PUBLIC[name]), name)
+__getattr__ = lazy_getattr("unitok.lm", _PUBLIC)
