@@ -12,14 +12,12 @@ counts two (generator and discriminator).
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Timer
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from tokenizer.images import tensor_to_pil
@@ -30,6 +28,7 @@ from tokenizer.losses import (
     hinge_generator_loss,
 )
 from tokenizer.model import VQTokenizer
+from unitok.schedules import warmup_cosine_factor
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +45,8 @@ class TokenizerModule(L.LightningModule):
         learning_rate: peak AdamW learning rate of the tokenizer.
         betas, weight_decay: AdamW settings.
         warmup_steps: linear warm-up from 0 to ``learning_rate``.
-        min_lr_ratio: cosine decay from the peak to ``learning_rate * min_lr_ratio`` at ``trainer.max_steps``
-            or at the end of ``trainer.max_time``, whichever comes first (constant after warm-up when
-            neither is set).
+        min_lr_ratio: cosine decay from the peak to ``learning_rate * min_lr_ratio`` by the last step
+            or by the end of ``trainer.max_time``, whichever comes first (``unitok.schedules``).
         l1_weight, l2_weight: reconstruction loss weights (images in [-1, 1]).
         perceptual_weight: LPIPS-style loss weight; needs ``perceptual_weights_path`` (local VGG16
             weights), otherwise it is off with a log line. Nothing is ever downloaded.
@@ -115,28 +113,7 @@ class TokenizerModule(L.LightningModule):
         return [generator, disc], [schedule]
 
     def _lr_factor(self, step: int) -> float:
-        h = self.hparams
-        if step < h.warmup_steps:
-            return (step + 1) / h.warmup_steps
-        progress = max(self._step_progress(step), self._time_progress())
-        return h.min_lr_ratio + (1 - h.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    def _step_progress(self, step: int) -> float:
-        total = self.trainer.max_steps
-        if total is None or total <= self.hparams.warmup_steps:
-            return 0.0
-        return (step - self.hparams.warmup_steps) / (total - self.hparams.warmup_steps)
-
-    def _time_progress(self) -> float:
-        """Fraction of ``trainer.max_time`` used: on a shared CPU the time budget may end first,
-        and the learning rate should be annealed by then, not cut off at its peak."""
-        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
-        if timer is None:
-            return 0.0
-        elapsed, remaining = timer.time_elapsed("train"), timer.time_remaining("train")
-        if remaining is None or elapsed + remaining <= 0:
-            return 0.0
-        return elapsed / (elapsed + remaining)
+        return warmup_cosine_factor(step, self.trainer, self.hparams.warmup_steps, self.hparams.min_lr_ratio)
 
     # ------------------------------------------------------------------------------------------
     # Training

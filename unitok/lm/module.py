@@ -16,12 +16,12 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from unitok.errors import UserError
 from unitok.lm.model import ScratchConfig, build_pretrained_lm, build_scratch_lm
 from unitok.lm.sequences import IGNORE, TASKS
 from unitok.lm.text_tokenizer import train_bpe_tokenizer
+from unitok.schedules import warmup_cosine_factor
 from unitok.vocabulary import UnifiedVocabulary
 
 CHECKPOINT_KEY = "unitok"
@@ -61,7 +61,8 @@ class UnifiedLMModule(L.LightningModule):
         bpe_max_samples: read at most this many samples' captions to train it.
         image_tokenizer: exported image tokenizer folder (gives codebook size and grid).
         codebook_size, grid: the same, given directly (checked against ``image_tokenizer``).
-        learning_rate, min_lr_ratio, warmup_steps: linear warmup, then cosine to lr * min_lr_ratio.
+        learning_rate, min_lr_ratio, warmup_steps: linear warmup, then cosine to lr * min_lr_ratio by
+            the last step or by the end of ``trainer.max_time``, whichever comes first.
         weight_decay, betas: AdamW (no decay on norms and biases).
         seed: seed of the new embedding rows of a pretrained LM.
     """
@@ -150,12 +151,11 @@ class UnifiedLMModule(L.LightningModule):
             [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.hparams.learning_rate, betas=tuple(self.hparams.betas),
         )
-        total = int(self.trainer.estimated_stepping_batches)
-        scheduler = get_cosine_with_min_lr_schedule_with_warmup(
-            optimizer, num_warmup_steps=min(self.hparams.warmup_steps, total), num_training_steps=total,
-            min_lr_rate=self.hparams.min_lr_ratio,
-        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _lr_factor(self, step: int) -> float:
+        return warmup_cosine_factor(step, self.trainer, self.hparams.warmup_steps, self.hparams.min_lr_ratio)
 
     # -- checkpoint: everything an export needs ----------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
