@@ -12,7 +12,10 @@ model's own weights and modules:
 - projections are ``F.linear`` on the modules' weights, without the module call around them
   (fusing q/k/v or gate/up into one product was measured: no gain on this CPU);
 - rotary embeddings come from the model's own ``rotary_emb`` module (so rope scaling variants
-  follow the config), and the output head is restricted to the wanted id range.
+  follow the config), computed once for every position the run can reach and gathered per step;
+- identical prompt rows (the unconditional rows of classifier-free guidance, a prompt repeated
+  for several images) are prefilled once and their cache rows copied;
+- the output head is restricted to the wanted id range.
 
 Only ``LlamaForCausalLM`` with a plain configuration is accepted (``supports``); every other
 model takes the generic ``CachedDecoder`` path. Tests check both paths give the same logits.
@@ -73,18 +76,37 @@ class LlamaDecoder:
         self.prompt_position_ids = prompt.position_ids.to(device)
         self.next_position = self.prompt_position_ids[:, -1:] + 1
         self.length = 0
+        # A row's positions count from its first real token, so none reaches the capacity.
+        every_position = torch.arange(self.capacity, device=device).unsqueeze(0)
+        cos, sin = model.model.rotary_emb(self.bias, every_position)
+        self.cos, self.sin = cos[0], sin[0]
 
     @torch.inference_mode()
     def prefill(self) -> torch.Tensor:
+        """Run the prompt; logits of its last position. Identical rows are computed once."""
+        length = self.input_ids.shape[1]
+        masked_ids = self.input_ids.masked_fill(self.bias[:, :length] != 0, -1)
+        distinct, row_of = torch.unique(masked_ids, dim=0, return_inverse=True)
+        if len(distinct) == len(masked_ids):
+            return self._prefill_rows(slice(None))
+        first = torch.full((len(distinct),), len(row_of), device=row_of.device)
+        first = first.scatter_reduce(0, row_of, torch.arange(len(row_of), device=row_of.device), "amin")
+        logits = self._prefill_rows(first)
+        for cache in (*self.keys, *self.values):
+            cache[:, :, :length] = cache[first[row_of], :, :length]
+        return logits[row_of]
+
+    def _prefill_rows(self, rows: slice | torch.Tensor) -> torch.Tensor:
+        """Prefill ``rows`` of the batch, writing their cache rows in place."""
         length = self.input_ids.shape[1]
         device = self.bias.device
         causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
-        allowed = causal & (self.bias[:, None, :length] == 0)
+        allowed = causal & (self.bias[rows, None, :length] == 0)
         # A padding position attends to itself, so no softmax row is empty (an empty row gives
         # NaN, and a NaN value poisons later rows even where its weight is zero).
         allowed |= torch.eye(length, dtype=torch.bool, device=device)
         bias = torch.zeros(allowed.shape, dtype=self.bias.dtype, device=device).masked_fill_(~allowed, -torch.inf)
-        return self._forward(self.input_ids, self.prompt_position_ids, bias.unsqueeze(1))
+        return self._forward(self.input_ids[rows], self.prompt_position_ids[rows], bias.unsqueeze(1), rows)
 
     @torch.inference_mode()
     def step(self, ids: torch.Tensor) -> torch.Tensor:
@@ -92,27 +114,29 @@ class LlamaDecoder:
             raise RuntimeError(f"decoded more than the {self.capacity - self.input_ids.shape[1]} tokens planned")
         positions = self.next_position
         self.next_position = positions + 1
-        return self._forward(ids.view(-1, 1), positions, self.bias[:, None, None, : self.length + 1])
+        return self._forward(ids.view(-1, 1), positions, self.bias[:, None, None, : self.length + 1], slice(None))
 
-    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Run ``ids [rows, n]`` at cache columns ``[length, length + n)``; logits of the last one."""
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+                 rows: slice | torch.Tensor) -> torch.Tensor:
+        """Run ``ids [n_rows, n]`` of batch ``rows`` at cache columns ``[length, length + n)``;
+        logits of the last one. Only the prefill passes a subset of rows."""
         body = self.model.model
         start, n = self.length, ids.shape[1]
         stop = start + n
         x = body.embed_tokens(ids)
-        cos, sin = body.rotary_emb(x, positions)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over heads
+        cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # broadcast over heads
         for i, layer in enumerate(self.layers):
             attention, mlp = layer.self_attn, layer.mlp
             h = self._norm(x, layer.input_layernorm.weight)
             q = rearrange(_linear(h, attention.q_proj), "b n (h d) -> b h n d", d=self.head_dim)
             k = rearrange(_linear(h, attention.k_proj), "b n (h d) -> b h n d", d=self.head_dim)
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-            self.keys[i][:, :, start:stop] = k
-            self.values[i][:, :, start:stop] = rearrange(_linear(h, attention.v_proj), "b n (h d) -> b h n d",
-                                                         d=self.head_dim)
+            v = rearrange(_linear(h, attention.v_proj), "b n (h d) -> b h n d", d=self.head_dim)
+            self.keys[i][rows, :, start:stop], self.values[i][rows, :, start:stop] = k, v
+            if start:  # a step attends to the whole cache so far, the prefill to its own keys only
+                k, v = self.keys[i][:, :, :stop], self.values[i][:, :, :stop]
             attended = F.scaled_dot_product_attention(
-                q, self.keys[i][:, :, :stop], self.values[i][:, :, :stop], attn_mask=mask, scale=self.scale,
+                q, k, v, attn_mask=mask, scale=self.scale,
                 enable_gqa=self.kv_heads != self.heads,
             )
             x = x + _linear(rearrange(attended, "b h n d -> b n (h d)"), attention.o_proj)
@@ -123,6 +147,8 @@ class LlamaDecoder:
         return F.linear(last, self.head_weight, self.head_bias)
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:  # one fused op; the same products as below
+            return F.rms_norm(x, (x.shape[-1],), weight, eps=self.eps)
         # LlamaRMSNorm: normalise in fp32, scale in the model dtype.
         return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
