@@ -42,7 +42,21 @@ def test_wrong_colors_are_counted_per_attribute():
     t2i = scores["text_to_image_canonical"]
     assert t2i["exact"] == 0.0 and t2i["color"] == 0.0
     assert t2i["shape"] == t2i["size"] == t2i["position"] == t2i["background"] == 1.0
-    assert scores["captioning"]["exact"] == 0.0 and scores["captioning"]["count"] == 0.0
+    assert scores["captioning"]["exact"] == 0.0 and scores["captioning"]["unreadable"] == 1.0
+
+
+def test_unreadable_images_count_as_wrong_but_not_against_each_attribute():
+    def every_other_blank(prompts, seed):
+        return [shapes.render(shapes.parse_caption(p), 64) if i % 2 == 0 else Image.new("RGB", (64, 64), "white")
+                for i, p in enumerate(prompts)]
+
+    def caption(images):
+        return [shapes.canonical_caption(scene) if (scene := shapes.analyze(image)) else "" for image in images]
+
+    t2i = evaluate_shapes(every_other_blank, caption, num_scenes=20, progress=False).as_dict()[
+        "text_to_image_canonical"]
+    assert t2i["exact"] == 0.5 and t2i["unreadable"] == 0.5
+    assert all(t2i[attribute] == 1.0 for attribute in ("background", "count", "position", "color", "shape", "size"))
 
 
 def test_attribute_hits_compare_objects_cell_by_cell():

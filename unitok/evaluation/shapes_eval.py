@@ -27,33 +27,42 @@ CaptionFn = Callable[[list[Image.Image]], list[str]]
 
 @dataclass
 class SceneScore:
-    """Exact-scene accuracy plus per-attribute accuracies over a list of (truth, prediction)."""
+    """Exact-scene accuracy over a list of (truth, prediction), plus per-attribute accuracies.
+
+    A prediction that is no valid scene (an image the analyzer cannot read, e.g. four blobs; a
+    caption that does not parse) counts as wrong for the exact score and as ``unreadable``; the
+    per-attribute accuracies are over the readable predictions only, so they say which attribute
+    goes wrong rather than repeating the unreadable share in every column.
+    """
 
     total: int = 0
     exact: int = 0
+    unreadable: int = 0
     attribute_hits: dict[str, float] = field(default_factory=lambda: dict.fromkeys(ATTRIBUTES, 0.0))
 
     def add(self, truth: shapes.Scene, predicted: shapes.Scene | None) -> bool:
         self.total += 1
-        hits = attribute_hits(truth, predicted)
-        for name, value in hits.items():
+        if predicted is None:
+            self.unreadable += 1
+            return False
+        for name, value in attribute_hits(truth, predicted).items():
             self.attribute_hits[name] += value
         correct = predicted == truth
         self.exact += correct
         return correct
 
     def as_dict(self) -> dict:
+        readable = max(self.total - self.unreadable, 1)
         return {
             "n": self.total,
             "exact": self.exact / max(self.total, 1),
-            **{name: value / max(self.total, 1) for name, value in self.attribute_hits.items()},
+            "unreadable": self.unreadable / max(self.total, 1),
+            **{name: value / readable for name, value in self.attribute_hits.items()},
         }
 
 
-def attribute_hits(truth: shapes.Scene, predicted: shapes.Scene | None) -> dict[str, float]:
+def attribute_hits(truth: shapes.Scene, predicted: shapes.Scene) -> dict[str, float]:
     """Per-attribute agreement in [0, 1]; object attributes are compared cell by cell."""
-    if predicted is None:
-        return dict.fromkeys(ATTRIBUTES, 0.0)
     by_position = {o.position: o for o in predicted.objects}
     matched = [(o, by_position.get(o.position)) for o in truth.objects]
 
@@ -95,12 +104,13 @@ class ShapesEvaluation:
             ("captioning (exact scene from the caption)", self.captioning),
             ("round trip caption → image → caption", self.round_trip),
         ]
-        header = "| task | n | exact scene | " + " | ".join(ATTRIBUTES) + " |"
-        lines = ["# Shapes evaluation", "", f"Settings: `{json.dumps(self.settings)}`", "", header,
-                 "|" + "---|" * (3 + len(ATTRIBUTES))]
+        header = "| task | n | exact scene | unreadable | " + " | ".join(ATTRIBUTES) + " |"
+        lines = ["# Shapes evaluation", "", f"Settings: `{json.dumps(self.settings)}`", "",
+                 "Attribute columns: accuracy over the readable predictions.", "", header,
+                 "|" + "---|" * (4 + len(ATTRIBUTES))]
         for name, score in rows:
             d = score.as_dict()
-            lines.append(f"| {name} | {d['n']} | {100 * d['exact']:.1f}% | "
+            lines.append(f"| {name} | {d['n']} | {100 * d['exact']:.1f}% | {100 * d['unreadable']:.1f}% | "
                          + " | ".join(f"{100 * d[a]:.1f}%" for a in ATTRIBUTES) + " |")
         return "\n".join(lines) + "\n"
 
