@@ -22,7 +22,7 @@ stage() { echo "== $(date +%H:%M:%S) $*"; }
   $UNITOK data shapes --out data/shapes/val --num 500 --size 64 --seed "$SEED" --split val; }
 
 [ -f runs/shapes64/export/config.json ] || { stage "image tokenizer (shapes64)"; \
-  $UNITOK tokenizer fit --config configs/tokenizer/shapes64.yaml --seed_everything "$SEED"; \
+  OMP_NUM_THREADS=${TOKENIZER_THREADS:-1} $UNITOK tokenizer fit --config configs/tokenizer/shapes64.yaml --seed_everything "$SEED"; \
   $UNITOK tokenizer export runs/shapes64/checkpoints/last.ckpt runs/shapes64/export; }
 
 [ -d data/shapes-codes/val ] || { stage "code shards"; \

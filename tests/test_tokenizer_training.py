@@ -71,6 +71,13 @@ def test_fit_logs_metrics_and_writes_pictures_and_checkpoints(shards, tmp_path):
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
 
 
+def test_a_run_stopped_between_checkpoint_marks_saves_its_final_state(shards, tmp_path):
+    trainer(tmp_path, max_steps=3).fit(module(), datamodule=data_module(shards))  # marks every 2 steps
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 3
+    assert not list((tmp_path / "checkpoints").glob("*.partial"))
+
+
 class PoisonBatch(Callback):
     """Turns the inputs of one batch into NaN, as a diverging run would."""
 

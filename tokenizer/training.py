@@ -28,6 +28,7 @@ from tokenizer.losses import (
     hinge_generator_loss,
 )
 from tokenizer.model import VQTokenizer
+from unitok.callbacks import SaveFinalCheckpoint
 from unitok.schedules import warmup_cosine_factor
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,9 @@ class TokenizerModule(L.LightningModule):
         self.run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         if self.trainer.world_size > 1:
             self.tokenizer.enable_codebook_sync()
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [SaveFinalCheckpoint()]
 
     def configure_optimizers(self):
         h = self.hparams

@@ -21,6 +21,7 @@ from unitok.errors import UserError
 from unitok.lm.model import ScratchConfig, build_pretrained_lm, build_scratch_lm
 from unitok.lm.sequences import IGNORE, TASKS
 from unitok.lm.text_tokenizer import train_bpe_tokenizer
+from unitok.callbacks import SaveFinalCheckpoint
 from unitok.schedules import warmup_cosine_factor
 from unitok.vocabulary import UnifiedVocabulary
 
@@ -144,6 +145,9 @@ class UnifiedLMModule(L.LightningModule):
         self._step(batch, "val")
 
     # -- optimisation --------------------------------------------------------------------------
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [SaveFinalCheckpoint()]
+
     def configure_optimizers(self) -> dict[str, Any]:
         decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim < 2]

@@ -1,0 +1,31 @@
+"""Lightning callbacks shared by the tokenizer and LM training runs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+
+class SaveFinalCheckpoint(L.Callback):
+    """Write ``last.ckpt`` when training ends normally, whatever stopped it.
+
+    Why: ``ModelCheckpoint(save_last=True, every_n_train_steps=N)`` writes ``last.ckpt`` only at
+    its N-step marks, so a run stopped by ``max_time`` (the CPU recipes are time-capped) or by
+    ``max_steps`` between marks loses its final, annealed steps. A run that fails (a NaN loss, a
+    crash) does not reach ``on_train_end`` and keeps its last good checkpoint. The file is written
+    beside the real one and renamed into place, so ``last.ckpt`` is never half written.
+    """
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        checkpoint = trainer.checkpoint_callback
+        if not isinstance(checkpoint, ModelCheckpoint) or not checkpoint.save_last or checkpoint.dirpath is None:
+            return
+        last = Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}"
+        partial = last.with_name(last.name + ".partial")
+        trainer.save_checkpoint(partial)  # collective: every rank calls it, rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(partial, last)
+        trainer.strategy.barrier("final checkpoint")
