@@ -26,15 +26,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompt", nargs="?", help="what to draw (or use --prompts-file)")
     parser.add_argument("--prompts-file", metavar="FILE", help="one prompt a line; images go to --out DIR")
     parser.add_argument("-n", "--num-images", type=int, default=1, metavar="N", help="images per prompt (default 1)")
-    parser.add_argument("--guidance", type=float, default=3.0, metavar="G",
-                        help="classifier-free guidance scale; 1 = no guidance (default 3.0)")
+    parser.add_argument("--guidance", type=float, default=None, metavar="G",
+                        help="classifier-free guidance scale; 1 = no guidance (default: the model's own, "
+                             "from its model_index.json)")
     parser.add_argument("--seed", type=int, default=0, help="base seed (default 0); see the module docs")
     parser.add_argument("--out", default=None, metavar="PATH",
                         help="an image file (out.png) or a folder; default out.png, or out/ with --prompts-file")
     parser.add_argument("--grid", action="store_true", help="one grid image per prompt instead of one file per image")
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 = greedy (default 1.0)")
-    parser.add_argument("--top-k", type=int, default=None, metavar="K", help="sample among the K most likely codes")
-    parser.add_argument("--top-p", type=float, default=None, metavar="P", help="nucleus sampling mass in (0, 1]")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="sampling temperature; 0 = greedy (default: the model's own)")
+    parser.add_argument("--top-k", type=int, default=None, metavar="K",
+                        help="sample among the K most likely codes; 0 = off (default: the model's own)")
+    parser.add_argument("--top-p", type=float, default=None, metavar="P",
+                        help="nucleus sampling mass in (0, 1]; 1 = off (default: the model's own)")
     add_runtime_arguments(parser, default_batch_size=8)
 
 
@@ -98,9 +102,9 @@ def _jobs(args: argparse.Namespace) -> list[Job]:
 def _check_numbers(args: argparse.Namespace) -> None:
     if args.num_images <= 0:
         raise UserError(f"-n must be >= 1, got {args.num_images}")
-    if not math.isfinite(args.guidance):
+    if args.guidance is not None and not math.isfinite(args.guidance):
         raise UserError(f"--guidance must be a finite number, got {args.guidance}")
-    if not math.isfinite(args.temperature) or args.temperature < 0:
+    if args.temperature is not None and (not math.isfinite(args.temperature) or args.temperature < 0):
         raise UserError(f"--temperature must be a finite number >= 0, got {args.temperature}")
     if args.top_k is not None and args.top_k < 0:
         raise UserError(f"--top-k must be >= 0, got {args.top_k}")

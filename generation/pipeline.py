@@ -12,7 +12,8 @@ folder stays a complete UniTok LM export, and is checked against all three parts
 
 Layout on disk (``save_pretrained``)::
 
-    model_index.json          names this class and the three parts
+    model_index.json          names this class and the three parts, and the model's sampling
+                              defaults for drawing (default_guidance_scale, default_temperature, ...)
     lm/                       config.json, model.safetensors, generation_config.json, unitok_vocabulary.json
     text_tokenizer/           tokenizer.json, tokenizer_config.json, ...
     image_tokenizer/          config.json, diffusion_pytorch_model.safetensors
@@ -61,29 +62,45 @@ class UniTokPipeline(DiffusionPipeline):
         text_tokenizer: PreTrainedTokenizerBase,
         image_tokenizer: VQTokenizer,
         vocabulary: UnifiedVocabulary | None = None,
+        default_guidance_scale: float = 3.0,
+        default_temperature: float = 1.0,
+        default_top_k: int | None = None,
+        default_top_p: float | None = None,
     ):
+        """``default_*``: what ``__call__`` (and so the CLI and the HTTP API) uses when the caller
+        does not say. They are saved in ``model_index.json`` with the parts, because the best
+        settings belong to a model: a photo model wants temperature 1, a model of an exact domain
+        such as Shapes draws its best images near greedy."""
         super().__init__()
         if vocabulary is None:
             raise ValueError("UniTokPipeline needs the LM's vocabulary: build it with UniTokPipeline.from_parts "
                              "or load it with UniTokPipeline.from_pretrained")
         check_parts(vocabulary, lm, text_tokenizer, image_tokenizer)
+        _scales(default_guidance_scale, 1)
+        _options(default_temperature, default_top_k, default_top_p)
         self.register_modules(lm=lm, text_tokenizer=text_tokenizer, image_tokenizer=image_tokenizer)
+        self.register_to_config(default_guidance_scale=float(default_guidance_scale),
+                                default_temperature=float(default_temperature), default_top_k=default_top_k,
+                                default_top_p=default_top_p)
         self.vocabulary = vocabulary
 
     # -- building, saving, loading -------------------------------------------------------------
 
     @classmethod
     def from_parts(
-        cls, lm_dir: str | os.PathLike, image_tokenizer_dir: str | os.PathLike, dtype: torch.dtype | None = None
+        cls, lm_dir: str | os.PathLike, image_tokenizer_dir: str | os.PathLike, dtype: torch.dtype | None = None,
+        **sampling_defaults,
     ) -> UniTokPipeline:
-        """Assemble a pipeline from an exported LM folder and an image tokenizer folder."""
+        """Assemble a pipeline from an exported LM folder and an image tokenizer folder
+        (``sampling_defaults``: the ``default_*`` arguments of ``__init__``)."""
         lm, text_tokenizer, vocabulary = load_unified_lm(lm_dir, dtype=dtype)
         folder = Path(image_tokenizer_dir)
         if not (folder / "config.json").is_file():
             raise UserError(f"{folder} is not an image tokenizer folder (no config.json); "
                             "export one with `unitok tokenizer export`")
         image_tokenizer = VQTokenizer.from_pretrained(folder).eval()
-        return cls(lm=lm.eval(), text_tokenizer=text_tokenizer, image_tokenizer=image_tokenizer, vocabulary=vocabulary)
+        return cls(lm=lm.eval(), text_tokenizer=text_tokenizer, image_tokenizer=image_tokenizer, vocabulary=vocabulary,
+                   **sampling_defaults)
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
         """diffusers' layout plus the vocabulary in ``lm/``; written to a temporary sibling
@@ -152,8 +169,8 @@ class UniTokPipeline(DiffusionPipeline):
         self,
         prompt: str | Sequence[str],
         num_images_per_prompt: int = 1,
-        guidance_scale: float | Sequence[float] = 3.0,
-        temperature: float = 1.0,
+        guidance_scale: float | Sequence[float] | None = None,
+        temperature: float | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
@@ -164,7 +181,9 @@ class UniTokPipeline(DiffusionPipeline):
         """Draw ``num_images_per_prompt`` images for each prompt.
 
         ``guidance_scale``: one for all prompts or one per prompt; 1 means no guidance (and no
-        unconditional rows). ``generator``: one for the whole call, or one per image (image ``k``
+        unconditional rows). ``guidance_scale``, ``temperature``, ``top_k``, ``top_p``: None takes
+        the model's default (``self.config.default_*``); ``top_k=0`` / ``top_p=1`` turn a default
+        top-k / top-p off. ``generator``: one for the whole call, or one per image (image ``k``
         of prompt ``i`` is image ``i * num_images_per_prompt + k``) to make each image independent
         of the others in the call and of ``batch_size`` (how many images share a forward pass).
         """
@@ -177,7 +196,7 @@ class UniTokPipeline(DiffusionPipeline):
             raise UserError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if batch_size <= 0:
             raise UserError(f"batch_size must be >= 1, got {batch_size}")
-        options = _options(temperature, top_k, top_p)
+        options, guidance_scale = self.sampling_settings(guidance_scale, temperature, top_k, top_p)
         scales = _scales(guidance_scale, len(prompts))
         text_ids = [self.encode_prompt(p) for p in prompts]
         # One row per image; chunks of rows share a forward pass.
@@ -200,6 +219,22 @@ class UniTokPipeline(DiffusionPipeline):
         codes = torch.cat(codes)
         images = codes if output_type == "latent" else self.decode_codes(codes, output_type)
         return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+    def sampling_settings(
+        self,
+        guidance_scale: float | Sequence[float] | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+    ) -> tuple[SamplingOptions, float | Sequence[float]]:
+        """The sampling options and guidance a call uses: the arguments given, the model's defaults
+        for the rest."""
+        config = self.config
+        guidance_scale = config.default_guidance_scale if guidance_scale is None else guidance_scale
+        options = _options(config.default_temperature if temperature is None else temperature,
+                           config.default_top_k if top_k is None else top_k,
+                           config.default_top_p if top_p is None else top_p)
+        return options, guidance_scale
 
     def encode_prompt(self, prompt: str) -> list[int]:
         """Prompt text -> text ids, checked to fit the LM's context with a whole image after it."""

@@ -1,12 +1,14 @@
 """Assemble a ``UniTokPipeline`` folder from an exported LM and an image tokenizer, and save it.
 
-    python scripts/assemble_pipeline.py LM_DIR TOKENIZER_DIR OUT_DIR [--fp16]
+    python scripts/assemble_pipeline.py LM_DIR TOKENIZER_DIR OUT_DIR [--fp16] [--guidance G] [--temperature T]
 
 ``LM_DIR`` is an exported UniTok LM (``unitok lm export``: HF model + tokenizer files +
 ``unitok_vocabulary.json``), ``TOKENIZER_DIR`` an image tokenizer folder (``unitok tokenizer
 export``). The parts are checked against the vocabulary, then written with ``save_pretrained``
 (atomically). ``--fp16`` stores the LM weights in half precision to halve the folder; loading
-brings them back to fp32 on CPU. For the embedded default, ``OUT_DIR`` is
+brings them back to fp32 on CPU. ``--guidance``, ``--temperature``, ``--top-k``, ``--top-p`` set the
+sampling defaults the pipeline saves with it (used by ``unitok generate``, the HTTP API and
+``unitok eval`` when not given there). For the embedded default, ``OUT_DIR`` is
 ``unitok/assets/unitok-shapes``.
 """
 
@@ -28,9 +30,15 @@ def main() -> int:
     parser.add_argument("tokenizer_dir", type=Path)
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--fp16", action="store_true", help="store the LM weights in float16")
+    parser.add_argument("--guidance", type=float, default=3.0, help="default guidance scale (default 3.0)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="default temperature; 0 = greedy (default 1.0)")
+    parser.add_argument("--top-k", type=int, default=None, help="default top-k (default: off)")
+    parser.add_argument("--top-p", type=float, default=None, help="default top-p (default: off)")
     args = parser.parse_args()
     try:
-        pipeline = UniTokPipeline.from_parts(args.lm_dir, args.tokenizer_dir)
+        pipeline = UniTokPipeline.from_parts(args.lm_dir, args.tokenizer_dir, default_guidance_scale=args.guidance,
+                                             default_temperature=args.temperature, default_top_k=args.top_k,
+                                             default_top_p=args.top_p)
         if args.fp16:
             pipeline.lm.to(torch.float16)
         pipeline.save_pretrained(args.out_dir)

@@ -91,6 +91,29 @@ def test_from_parts_assembles_a_pipeline_and_checks_the_parts(pipe, tmp_path):
         UniTokPipeline.from_parts(tmp_path / "lm", tmp_path / "missing")
 
 
+def test_sampling_defaults_travel_with_the_model_and_calls_can_override_them(pipe, tmp_path):
+    save_unified_lm(pipe.lm, pipe.text_tokenizer, pipe.vocabulary, tmp_path / "lm")
+    pipe.image_tokenizer.save_pretrained(tmp_path / "image_tokenizer")
+    greedy = UniTokPipeline.from_parts(tmp_path / "lm", tmp_path / "image_tokenizer", default_guidance_scale=2.0,
+                                       default_temperature=0.0)
+    greedy.save_pretrained(tmp_path / "greedy")
+    assert json.loads((tmp_path / "greedy" / "model_index.json").read_text())["default_temperature"] == 0.0
+    loaded = UniTokPipeline.from_pretrained(tmp_path / "greedy")
+    loaded.set_progress_bar_config(disable=True)
+    assert (loaded.config.default_guidance_scale, loaded.config.default_temperature) == (2.0, 0.0)
+
+    def codes(pipeline, **settings):
+        return pipeline(PROMPTS, generator=seeded(2), output_type="latent", **settings).images
+
+    # The saved defaults are what an unqualified call uses; explicit arguments win over them.
+    assert torch.equal(codes(loaded), codes(pipe, guidance_scale=2.0, temperature=0.0))
+    assert torch.equal(codes(loaded, temperature=1.0, guidance_scale=3.0), codes(pipe))
+    options, guidance = loaded.sampling_settings(top_k=5)
+    assert (options.temperature, options.top_k, guidance) == (0.0, 5, 2.0)
+    with pytest.raises(UserError, match="temperature"):
+        UniTokPipeline.from_parts(tmp_path / "lm", tmp_path / "image_tokenizer", default_temperature=-1.0)
+
+
 def test_load_refuses_a_vocabulary_that_does_not_fit(pipe, tmp_path):
     pipe.save_pretrained(tmp_path / "pipe")
     path = tmp_path / "pipe" / "lm" / "unitok_vocabulary.json"

@@ -6,7 +6,6 @@ one place that knows how the pipeline is called.
 
 from __future__ import annotations
 
-import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,8 +56,8 @@ class PipelineBackend:
         self.pipeline = pipeline
         self.name = name
         self.max_caption_tokens = max_caption_tokens
-        # The pipeline's own default, so the API and the Python API agree without a second copy.
-        self.default_guidance_scale = float(inspect.signature(pipeline.__call__).parameters["guidance_scale"].default)
+        # The model's own default, so the API and the Python API agree without a second copy.
+        self.default_guidance_scale = float(pipeline.config.default_guidance_scale)
         pipeline.set_progress_bar_config(disable=True)
 
     def check_prompt(self, prompt: str) -> None:

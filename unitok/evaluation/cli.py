@@ -15,9 +15,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     shapes = sub.add_parser("shapes", help="text-to-image, captioning and round-trip scene accuracy on Shapes")
     shapes.add_argument("--model", help="pipeline folder (default: the embedded default model)")
     shapes.add_argument("--num", type=int, default=300, help="held-out scenes per task (default 300)")
-    shapes.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
-    shapes.add_argument("--temperature", type=float, default=1.0, help="sampling temperature for image codes")
-    shapes.add_argument("--top-k", type=int, default=None, help="top-k for image codes (default: off)")
+    shapes.add_argument("--guidance", type=float, default=None,
+                        help="classifier-free guidance scale (default: the model's own)")
+    shapes.add_argument("--temperature", type=float, default=None,
+                        help="sampling temperature for image codes (default: the model's own)")
+    shapes.add_argument("--top-k", type=int, default=None, help="top-k for image codes; 0 = off (default: the model's own)")
     shapes.add_argument("--seed", type=int, default=1234, help="picks the held-out scenes and the sampling seeds")
     shapes.add_argument("--batch-size", type=int, default=50, help="images per forward pass")
     shapes.add_argument("--out", default="runs/eval-shapes", help="folder for report.md, report.json, grid.png")
@@ -26,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.num < 1 or args.batch_size < 1:
         raise UserError("--num and --batch-size must be positive")
-    if not math.isfinite(args.guidance):
+    if args.guidance is not None and not math.isfinite(args.guidance):
         raise UserError(f"--guidance must be a finite number, got {args.guidance}")
     from generation.default_model import resolve_model_dir
 
@@ -39,19 +41,20 @@ def run(args: argparse.Namespace) -> int:
 
     pipe = UniTokPipeline.from_pretrained(model_dir)
     pipe.set_progress_bar_config(disable=True)
+    options, guidance = pipe.sampling_settings(args.guidance, args.temperature, args.top_k)
 
     def generate(prompts: list[str], seed: int):
         generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
-        return pipe(prompts, guidance_scale=args.guidance, temperature=args.temperature, top_k=args.top_k,
-                    generator=generators, batch_size=args.batch_size).images
+        return pipe(prompts, guidance_scale=guidance, temperature=options.temperature, top_k=options.top_k or 0,
+                    top_p=options.top_p or 1.0, generator=generators, batch_size=args.batch_size).images
 
     start = time.perf_counter()
     evaluation = evaluate_shapes(
         generate, lambda images: pipe.caption(images, batch_size=args.batch_size),
         num_scenes=args.num, image_size=pipe.image_tokenizer.image_size, seed=args.seed,
         batch_size=args.batch_size,
-        settings={"model": str(model_dir), "guidance": args.guidance, "temperature": args.temperature,
-                  "top_k": args.top_k},
+        settings={"model": str(model_dir), "guidance": guidance, "temperature": options.temperature,
+                  "top_k": options.top_k, "top_p": options.top_p},
     )
     paths = write_report(evaluation, args.out)
     print(evaluation.markdown())
