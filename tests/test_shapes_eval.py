@@ -64,3 +64,23 @@ def test_attribute_hits_compare_objects_cell_by_cell():
     moved = shapes.parse_caption("a large red circle at the top and a small blue plus at the left on a white background")
     hits = attribute_hits(truth, moved)
     assert hits["count"] == 1.0 and hits["position"] == 0.0 and hits["color"] == 0.5
+
+
+def test_eval_command_reports_with_the_models_own_sampling_defaults(tmp_path):
+    from generation.random_model import random_pipeline
+    from unitok.cli import main
+    from unitok.lm.model import ScratchConfig
+
+    lm = ScratchConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=2, intermediate_size=64, max_positions=160)
+    image_tokenizer = dict(image_size=64, block_out_channels=(8, 8, 8, 8), norm_num_groups=4, latent_channels=8,
+                           quantizer="fsq", fsq_levels=(4, 4, 3))
+    pipe = random_pipeline(lm, image_tokenizer, text_vocab_size=290)
+    pipe.register_to_config(default_temperature=0.0, default_guidance_scale=2.0)
+    pipe.save_pretrained(tmp_path / "pipe")
+    assert main(["eval", "shapes", "--model", str(tmp_path / "pipe"), "--num", "4", "--out", str(tmp_path / "eval")]) == 0
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert (report["settings"]["temperature"], report["settings"]["guidance"]) == (0.0, 2.0)
+    assert report["text_to_image_canonical"]["n"] == report["captioning"]["n"] == 4
+    assert main(["eval", "shapes", "--model", str(tmp_path / "pipe"), "--num", "2", "--temperature", "1.5",
+                 "--out", str(tmp_path / "eval2")]) == 0
+    assert json.loads((tmp_path / "eval2" / "report.json").read_text())["settings"]["temperature"] == 1.5
