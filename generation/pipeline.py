@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.models.attention_processor import Attention
-from diffusers.utils import is_xformers_available
+from diffusers.utils import is_accelerate_available, is_xformers_available
 from PIL import Image
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -98,7 +98,7 @@ class UniTokPipeline(DiffusionPipeline):
         if not (folder / "config.json").is_file():
             raise UserError(f"{folder} is not an image tokenizer folder (no config.json); "
                             "export one with `unitok tokenizer export`")
-        image_tokenizer = VQTokenizer.from_pretrained(folder).eval()
+        image_tokenizer = VQTokenizer.from_pretrained(folder, low_cpu_mem_usage=is_accelerate_available()).eval()
         return cls(lm=lm.eval(), text_tokenizer=text_tokenizer, image_tokenizer=image_tokenizer, vocabulary=vocabulary,
                    **sampling_defaults)
 
@@ -114,6 +114,9 @@ class UniTokPipeline(DiffusionPipeline):
         """Load a folder written by ``save_pretrained`` (local folders only: nothing is downloaded)."""
         folder = resolve_model_dir(pretrained_model_name_or_path)
         vocabulary = UnifiedVocabulary.load(folder / "lm")
+        # diffusers asks for accelerate (with a warning) unless told not to; it saves little on a
+        # model this size, so it is optional here.
+        kwargs.setdefault("low_cpu_mem_usage", is_accelerate_available())
         pipeline = super().from_pretrained(folder, vocabulary=vocabulary, **kwargs)
         if not {"torch_dtype", "dtype"} & kwargs.keys() and pipeline.lm.dtype != torch.float32:
             # A folder saved in half precision (to keep it small) loads in fp32, the CPU default;

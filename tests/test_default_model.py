@@ -1,0 +1,54 @@
+"""The shipped default (``unitok/assets/unitok-shapes``) draws and reads Shapes scenes.
+
+A handful of held-out scenes (the val split, which no training shard contains), fixed seeds and
+the model's own sampling defaults. The thresholds follow what ``unitok eval shapes`` measured on
+300 scenes (README), with room for a handful: captioning 96.7 % exact; text-to-image 100 % right
+backgrounds, 96 % right object cells, 23.7 % exact scenes (below its 90 % target, see README).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from generation.default_model import default_model_dir
+from generation.pipeline import UniTokPipeline
+from unitok.data import shapes
+from unitok.data.shapes_shards import scenes_for_split
+
+SCENES = scenes_for_split("val", 8, seed=7)
+
+
+@pytest.fixture(scope="module")
+def pipe() -> UniTokPipeline:
+    pipeline = UniTokPipeline.from_pretrained(default_model_dir())
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def test_the_default_loads_offline_from_the_package_and_is_small(pipe):
+    folder = default_model_dir()
+    assert folder.parent.name == "assets" and folder.parent.parent.name == "unitok"
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    assert size <= 40 * 2**20
+    assert pipe.vocabulary.grid == pipe.image_tokenizer.grid_size
+
+
+def test_the_default_draws_scenes_the_analyzer_reads_back(pipe):
+    prompts = [shapes.canonical_caption(s) for s in SCENES]
+    generators = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
+    images = pipe(prompts, generator=generators).images
+    read_back = [shapes.analyze(image) for image in images]
+    assert all(r is not None and r.background == s.background for r, s in zip(read_back, SCENES)), read_back
+
+    def cells(scene: shapes.Scene) -> set[str]:
+        return {o.position for o in scene.objects}
+
+    assert sum(cells(r) == cells(s) for r, s in zip(read_back, SCENES)) >= 6, read_back
+    assert sum(r == s for r, s in zip(read_back, SCENES)) >= 1, read_back
+
+
+def test_the_default_captions_rendered_scenes(pipe):
+    captions = pipe.caption([shapes.render(s, 64) for s in SCENES])
+    parsed = [shapes.parse_caption(c) for c in captions]
+    assert sum(p == s for p, s in zip(parsed, SCENES)) >= 7, captions
