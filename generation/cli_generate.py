@@ -39,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sample among the K most likely codes; 0 = off (default: the model's own)")
     parser.add_argument("--top-p", type=float, default=None, metavar="P",
                         help="nucleus sampling mass in (0, 1]; 1 = off (default: the model's own)")
+    parser.add_argument("--candidates", type=int, default=None, metavar="K",
+                        help="draw K candidates per image and keep the one whose prompt the model finds likeliest "
+                             "as its caption; needs temperature > 0 (default: the model's own)")
     add_runtime_arguments(parser, default_batch_size=8)
 
 
@@ -72,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
             generators = [torch.Generator().manual_seed(args.seed + job.line * n + k) for job in chunk for k in range(n)]
             images = pipeline(
                 [job.prompt for job in chunk], num_images_per_prompt=n, guidance_scale=args.guidance,
-                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=generators,
+                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, num_candidates=args.candidates,
+                generator=generators,
                 batch_size=args.batch_size,
             ).images
             for i, job in enumerate(chunk):
@@ -106,6 +110,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise UserError(f"--guidance must be a finite number, got {args.guidance}")
     if args.temperature is not None and (not math.isfinite(args.temperature) or args.temperature < 0):
         raise UserError(f"--temperature must be a finite number >= 0, got {args.temperature}")
+    if args.candidates is not None and args.candidates < 1:
+        raise UserError(f"--candidates must be >= 1, got {args.candidates}")
     if args.top_k is not None and args.top_k < 0:
         raise UserError(f"--top-k must be >= 0, got {args.top_k}")
     if args.top_p is not None and not 0.0 < args.top_p <= 1.0:

@@ -36,6 +36,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from generation.decoder import context_length
 from generation.default_model import resolve_model_dir
+from generation.rerank import candidate_generators, prompt_log_likelihood
 from generation.sampler import generate_captions, sample_image_codes
 from generation.token_choice import SamplingOptions
 from tokenizer.images import pil_to_tensor, tensor_to_pil
@@ -66,6 +67,7 @@ class UniTokPipeline(DiffusionPipeline):
         default_temperature: float = 1.0,
         default_top_k: int | None = None,
         default_top_p: float | None = None,
+        default_num_candidates: int = 1,
     ):
         """``default_*``: what ``__call__`` (and so the CLI and the HTTP API) uses when the caller
         does not say. They are saved in ``model_index.json`` with the parts, because the best
@@ -78,10 +80,11 @@ class UniTokPipeline(DiffusionPipeline):
         check_parts(vocabulary, lm, text_tokenizer, image_tokenizer)
         _scales(default_guidance_scale, 1)
         _options(default_temperature, default_top_k, default_top_p)
+        _check_candidates(default_num_candidates, _options(default_temperature, default_top_k, default_top_p))
         self.register_modules(lm=lm, text_tokenizer=text_tokenizer, image_tokenizer=image_tokenizer)
         self.register_to_config(default_guidance_scale=float(default_guidance_scale),
                                 default_temperature=float(default_temperature), default_top_k=default_top_k,
-                                default_top_p=default_top_p)
+                                default_top_p=default_top_p, default_num_candidates=int(default_num_candidates))
         self.vocabulary = vocabulary
 
     # -- building, saving, loading -------------------------------------------------------------
@@ -180,13 +183,16 @@ class UniTokPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         batch_size: int = 16,
+        num_candidates: int | None = None,
     ) -> ImagePipelineOutput | tuple:
         """Draw ``num_images_per_prompt`` images for each prompt.
 
         ``guidance_scale``: one for all prompts or one per prompt; 1 means no guidance (and no
         unconditional rows). ``guidance_scale``, ``temperature``, ``top_k``, ``top_p``: None takes
         the model's default (``self.config.default_*``); ``top_k=0`` / ``top_p=1`` turn a default
-        top-k / top-p off. ``generator``: one for the whole call, or one per image (image ``k``
+        top-k / top-p off. ``num_candidates`` (default: the model's): draw that many candidates
+        per image and keep the one whose prompt the LM finds likeliest as its caption
+        (``generation.rerank``; needs temperature > 0). ``generator``: one for the whole call, or one per image (image ``k``
         of prompt ``i`` is image ``i * num_images_per_prompt + k``) to make each image independent
         of the others in the call and of ``batch_size`` (how many images share a forward pass).
         """
@@ -200,12 +206,18 @@ class UniTokPipeline(DiffusionPipeline):
         if batch_size <= 0:
             raise UserError(f"batch_size must be >= 1, got {batch_size}")
         options, guidance_scale = self.sampling_settings(guidance_scale, temperature, top_k, top_p)
+        candidates = self.config.default_num_candidates if num_candidates is None else num_candidates
+        _check_candidates(candidates, options)
         scales = _scales(guidance_scale, len(prompts))
         text_ids = [self.encode_prompt(p) for p in prompts]
-        # One row per image; chunks of rows share a forward pass.
-        row_ids = [ids for ids in text_ids for _ in range(num_images_per_prompt)]
-        row_scales = [s for s in scales for _ in range(num_images_per_prompt)]
-        generators = _per_row(generator, len(row_ids))
+        # One row per image (per candidate of an image when reranking); chunks of rows share a forward pass.
+        images_count = len(prompts) * num_images_per_prompt
+        generators = _per_row(generator, images_count)
+        repeat = num_images_per_prompt * candidates
+        row_ids = [ids for ids in text_ids for _ in range(repeat)]
+        row_scales = [s for s in scales for _ in range(repeat)]
+        if candidates > 1:
+            generators = candidate_generators(generators, images_count, candidates)
         steps = self.vocabulary.tokens_per_image
         codes = []
         with self.progress_bar(total=len(row_ids) * steps) as bar:
@@ -220,6 +232,10 @@ class UniTokPipeline(DiffusionPipeline):
                     progress=bar.update,
                 ))
         codes = torch.cat(codes)
+        if candidates > 1:
+            scores = prompt_log_likelihood(self.lm, self.vocabulary, codes, row_ids, batch_size=batch_size)
+            best = scores.view(images_count, candidates).argmax(dim=1).to(codes.device)
+            codes = codes.view(images_count, candidates, *codes.shape[1:])[torch.arange(images_count), best]
         images = codes if output_type == "latent" else self.decode_codes(codes, output_type)
         return ImagePipelineOutput(images=images) if return_dict else (images,)
 
@@ -335,6 +351,14 @@ def _options(temperature: float, top_k: int | None, top_p: float | None) -> Samp
         return SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p)
     except ValueError as error:
         raise UserError(str(error)) from error
+
+
+def _check_candidates(candidates: int, options: SamplingOptions) -> None:
+    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
+        raise UserError(f"num_candidates must be an integer >= 1, got {candidates!r}")
+    if candidates > 1 and options.greedy:
+        raise UserError(f"{candidates} candidates per image need sampling (temperature > 0): greedy decoding "
+                        "draws the same candidate every time")
 
 
 def _scales(guidance_scale: float | Sequence[float], num_prompts: int) -> list[float]:

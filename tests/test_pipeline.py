@@ -158,3 +158,40 @@ def test_bad_requests_are_user_errors(pipe):
         pipe("a red circle " * 30)
     with pytest.raises(UserError, match="one per image"):
         pipe(PROMPTS, generator=seeded(3))
+
+
+def test_reranking_keeps_the_candidate_whose_prompt_is_likeliest_as_its_caption(pipe):
+    from generation.rerank import candidate_generators, prompt_log_likelihood
+
+    settings = dict(temperature=1.0, guidance_scale=1.0, output_type="latent")
+    chosen = pipe(PROMPTS, num_candidates=4, generator=seeded(2), **settings).images
+    # The same candidates drawn by hand from the derived generators, scored, best kept.
+    derived = candidate_generators(seeded(2), rows=2, candidates=4)
+    drawn = pipe([p for p in PROMPTS for _ in range(4)], generator=derived, num_candidates=1, **settings).images
+    text_ids = [pipe.encode_prompt(p) for p in PROMPTS for _ in range(4)]
+    scores = prompt_log_likelihood(pipe.lm, pipe.vocabulary, drawn, text_ids).view(2, 4)
+    assert torch.equal(chosen, drawn.view(2, 4, 4, 4)[torch.arange(2), scores.argmax(1)])
+    # Still per image: batching and call grouping change nothing.
+    assert torch.equal(chosen, pipe(PROMPTS, num_candidates=4, generator=seeded(2), batch_size=3, **settings).images)
+    assert torch.equal(chosen[1:], pipe(PROMPTS[1], num_candidates=4, generator=seeded(1, base=1), **settings).images)
+    with pytest.raises(UserError, match="temperature > 0"):
+        pipe(PROMPTS, num_candidates=2, temperature=0.0)
+    with pytest.raises(UserError, match="num_candidates"):
+        pipe(PROMPTS, num_candidates=0)
+
+
+def test_prompt_log_likelihood_is_the_captioning_log_probability(pipe):
+    from generation.rerank import prompt_log_likelihood
+
+    vocab = pipe.vocabulary
+    codes = torch.randint(0, vocab.codebook_size, (3, *vocab.grid), generator=torch.Generator().manual_seed(0))
+    text_ids = [pipe.encode_prompt(p) for p in (PROMPTS[0], PROMPTS[1], PROMPTS[0])]
+    scores = prompt_log_likelihood(pipe.lm, vocab, codes, text_ids, batch_size=2)
+    for grid, ids, score in zip(codes, text_ids, scores):
+        bos = [] if vocab.bos_id is None else [vocab.bos_id]
+        sequence = [*bos, vocab.boi_id, *vocab.to_lm_ids(grid).flatten().tolist(), vocab.eoi_id, *ids, vocab.eos_id]
+        with torch.no_grad():
+            log_probs = pipe.lm(torch.tensor([sequence])).logits[0].float().log_softmax(-1)
+        start = len(sequence) - len(ids) - 1
+        expected = sum(log_probs[t - 1, sequence[t]] for t in range(start, len(sequence)))
+        torch.testing.assert_close(score, expected, atol=1e-4, rtol=1e-4)

@@ -20,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     shapes.add_argument("--temperature", type=float, default=None,
                         help="sampling temperature for image codes (default: the model's own)")
     shapes.add_argument("--top-k", type=int, default=None, help="top-k for image codes; 0 = off (default: the model's own)")
+    shapes.add_argument("--candidates", type=int, default=None,
+                        help="candidates drawn per image, the likeliest kept (default: the model's own)")
     shapes.add_argument("--seed", type=int, default=1234, help="picks the held-out scenes and the sampling seeds")
     shapes.add_argument("--batch-size", type=int, default=50, help="images per forward pass")
     shapes.add_argument("--out", default="runs/eval-shapes", help="folder for report.md, report.json, grid.png")
@@ -42,11 +44,13 @@ def run(args: argparse.Namespace) -> int:
     pipe = UniTokPipeline.from_pretrained(model_dir)
     pipe.set_progress_bar_config(disable=True)
     options, guidance = pipe.sampling_settings(args.guidance, args.temperature, args.top_k)
+    candidates = pipe.config.default_num_candidates if args.candidates is None else args.candidates
 
     def generate(prompts: list[str], seed: int):
         generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
         return pipe(prompts, guidance_scale=guidance, temperature=options.temperature, top_k=options.top_k or 0,
-                    top_p=options.top_p or 1.0, generator=generators, batch_size=args.batch_size).images
+                    top_p=options.top_p or 1.0, num_candidates=candidates, generator=generators,
+                    batch_size=args.batch_size).images
 
     start = time.perf_counter()
     evaluation = evaluate_shapes(
@@ -54,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         num_scenes=args.num, image_size=pipe.image_tokenizer.image_size, seed=args.seed,
         batch_size=args.batch_size,
         settings={"model": str(model_dir), "guidance": guidance, "temperature": options.temperature,
-                  "top_k": options.top_k, "top_p": options.top_p},
+                  "top_k": options.top_k, "top_p": options.top_p, "candidates": candidates},
     )
     paths = write_report(evaluation, args.out)
     print(evaluation.markdown())

@@ -1,0 +1,67 @@
+"""Self-reranking: of several drawn candidates, keep the one whose prompt the model finds likeliest
+as a caption of it.
+
+Why: for a unified model, reading is easier than drawing (the embedded default captions 96.7 % of
+held-out Shapes scenes exactly but draws 24 % of them), so the model's own captioning direction
+is a good judge of its drawings. The score of a candidate is ``log p(prompt | image)``: the
+captioning training sequence ``[bos] <boi> codes <eoi> prompt <eos>`` (``unitok.lm.sequences``)
+in one teacher-forced pass, summed over the prompt and ``<eos>``. It is CLIP reranking (DALL-E)
+without a second model. All candidates of an image share its prompt, so the sums compare as they
+are, with no length normalisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+
+from unitok.lm.sequences import IGNORE, captioning_example, collate
+from unitok.vocabulary import UnifiedVocabulary
+
+
+@torch.inference_mode()
+def prompt_log_likelihood(
+    model: PreTrainedModel,
+    vocab: UnifiedVocabulary,
+    codes: torch.Tensor,
+    text_ids: Sequence[Sequence[int]],
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """``[N]`` log-probabilities of each ``text_ids[i]`` (then EOS) as the caption of ``codes[i]``."""
+    if len(text_ids) != codes.shape[0]:
+        raise ValueError(f"got {len(text_ids)} prompts for {codes.shape[0]} code grids")
+    scores = []
+    for start in range(0, codes.shape[0], batch_size):
+        examples = [captioning_example(grid, ids, vocab)
+                    for grid, ids in zip(codes[start : start + batch_size].cpu(), text_ids[start : start + batch_size])]
+        batch = {k: v.to(model.device) for k, v in collate(examples, vocab).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+        targets = batch["labels"][:, 1:]
+        scored = targets != IGNORE
+        token_scores = F.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        scores.append((token_scores * scored).sum(-1))
+    return torch.cat(scores)
+
+
+def candidate_generators(
+    generators: torch.Generator | Sequence[torch.Generator] | None, rows: int, candidates: int
+) -> list[torch.Generator]:
+    """``rows * candidates`` generators, candidate ``j`` of row ``i`` at ``i * candidates + j``.
+
+    With one generator per row, a row's candidates are seeded from its own generator only, so a
+    reranked image still depends on nothing but its prompt, settings and generator.
+    """
+    if generators is None or isinstance(generators, torch.Generator):
+        source = generators
+        seeds = torch.randint(0, 2**62, (rows * candidates,), generator=source,
+                              device="cpu" if source is None else source.device)
+        device = torch.device("cpu") if source is None else source.device
+        return [torch.Generator(device).manual_seed(int(s)) for s in seeds]
+    derived = []
+    for generator in generators:
+        seeds = torch.randint(0, 2**62, (candidates,), generator=generator, device=generator.device)
+        derived.extend(torch.Generator(generator.device).manual_seed(int(s)) for s in seeds)
+    return derived
