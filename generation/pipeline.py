@@ -194,9 +194,8 @@ class UniTokPipeline(DiffusionPipeline):
         per image and keep the one whose prompt the LM finds likeliest as its caption
         (``generation.rerank``; needs temperature > 0). ``generator``: one for the whole call, or
         one per image (image ``k`` of prompt ``i`` is image ``i * num_images_per_prompt + k``) to
-        make each image independent
-        of the others in the call and of ``batch_size`` (how many images, or candidates when
-        reranking, share a forward pass).
+        make each image independent of the others in the call and of ``batch_size`` (how many
+        images, or candidates when reranking, share a forward pass).
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
