@@ -39,16 +39,16 @@ def test_the_default_draws_scenes_the_analyzer_reads_back(pipe):
     generators = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
     images = pipe(prompts, generator=generators).images
     read_back = [shapes.analyze(image) for image in images]
-    assert all(r is not None and r.background == s.background for r, s in zip(read_back, SCENES)), read_back
+    assert all(r is not None and r.background == s.background for r, s in zip(read_back, SCENES, strict=True)), read_back
 
     def cells(scene: shapes.Scene) -> set[str]:
         return {o.position for o in scene.objects}
 
-    assert sum(cells(r) == cells(s) for r, s in zip(read_back, SCENES)) >= 6, read_back
-    assert sum(r == s for r, s in zip(read_back, SCENES)) >= 1, read_back
+    assert sum(cells(r) == cells(s) for r, s in zip(read_back, SCENES, strict=True)) >= 6, read_back
+    assert sum(r == s for r, s in zip(read_back, SCENES, strict=True)) >= 1, read_back
 
 
 def test_the_default_captions_rendered_scenes(pipe):
     captions = pipe.caption([shapes.render(s, 64) for s in SCENES])
     parsed = [shapes.parse_caption(c) for c in captions]
-    assert sum(p == s for p, s in zip(parsed, SCENES)) >= 7, captions
+    assert sum(p == s for p, s in zip(parsed, SCENES, strict=True)) >= 7, captions
