@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -79,8 +80,8 @@ class UniTokPipeline(DiffusionPipeline):
                              "or load it with UniTokPipeline.from_pretrained")
         check_parts(vocabulary, lm, text_tokenizer, image_tokenizer)
         _scales(default_guidance_scale, 1)
-        _options(default_temperature, default_top_k, default_top_p)
-        _check_candidates(default_num_candidates, _options(default_temperature, default_top_k, default_top_p))
+        _draw_settings(default_guidance_scale, default_temperature, default_top_k, default_top_p,
+                       default_num_candidates)
         self.register_modules(lm=lm, text_tokenizer=text_tokenizer, image_tokenizer=image_tokenizer)
         self.register_to_config(default_guidance_scale=float(default_guidance_scale),
                                 default_temperature=float(default_temperature), default_top_k=default_top_k,
@@ -206,10 +207,9 @@ class UniTokPipeline(DiffusionPipeline):
             raise UserError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if batch_size <= 0:
             raise UserError(f"batch_size must be >= 1, got {batch_size}")
-        options, guidance_scale = self.sampling_settings(guidance_scale, temperature, top_k, top_p)
-        candidates = self.config.default_num_candidates if num_candidates is None else num_candidates
-        _check_candidates(candidates, options)
-        scales = _scales(guidance_scale, len(prompts))
+        settings = self.sampling_settings(guidance_scale, temperature, top_k, top_p, num_candidates)
+        candidates = settings.num_candidates
+        scales = _scales(settings.guidance_scale, len(prompts))
         text_ids = [self.encode_prompt(p) for p in prompts]
         # One row per image (per candidate of an image when reranking); chunks of rows share a forward pass.
         images_count = len(prompts) * num_images_per_prompt
@@ -228,7 +228,7 @@ class UniTokPipeline(DiffusionPipeline):
                 codes.append(sample_image_codes(
                     self.lm, self.vocabulary, row_ids[start:stop],
                     guidance_scale=None if all(s == 1.0 for s in chunk_scales) else chunk_scales,
-                    options=options,
+                    options=settings.options,
                     generator=generators if not isinstance(generators, list) else generators[start:stop],
                     progress=bar.update,
                 ))
@@ -246,15 +246,20 @@ class UniTokPipeline(DiffusionPipeline):
         temperature: float | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
-    ) -> tuple[SamplingOptions, float | Sequence[float]]:
-        """The sampling options and guidance a call uses: the arguments given, the model's defaults
-        for the rest."""
+        num_candidates: int | None = None,
+    ) -> DrawSettings:
+        """The settings a drawing call uses: the arguments given, the model's defaults for the
+        rest (checked: a ``UserError`` names what is wrong)."""
         config = self.config
-        guidance_scale = config.default_guidance_scale if guidance_scale is None else guidance_scale
-        options = _options(config.default_temperature if temperature is None else temperature,
-                           config.default_top_k if top_k is None else top_k,
-                           config.default_top_p if top_p is None else top_p)
-        return options, guidance_scale
+
+        def given_or_default(value, default):
+            return default if value is None else value
+
+        return _draw_settings(given_or_default(guidance_scale, config.default_guidance_scale),
+                              given_or_default(temperature, config.default_temperature),
+                              given_or_default(top_k, config.default_top_k),
+                              given_or_default(top_p, config.default_top_p),
+                              given_or_default(num_candidates, config.default_num_candidates))
 
     def encode_prompt(self, prompt: str) -> list[int]:
         """Prompt text -> text ids, checked to fit the LM's context with a whole image after it."""
@@ -354,12 +359,26 @@ def _options(temperature: float, top_k: int | None, top_p: float | None) -> Samp
         raise UserError(str(error)) from error
 
 
-def _check_candidates(candidates: int, options: SamplingOptions) -> None:
-    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
-        raise UserError(f"num_candidates must be an integer >= 1, got {candidates!r}")
-    if candidates > 1 and options.greedy:
-        raise UserError(f"{candidates} candidates per image need sampling (temperature > 0): greedy decoding "
+@dataclass(frozen=True)
+class DrawSettings:
+    """How one drawing call samples (``UniTokPipeline.sampling_settings``)."""
+
+    options: SamplingOptions
+    guidance_scale: float | Sequence[float]
+    num_candidates: int
+
+
+def _draw_settings(
+    guidance_scale: float | Sequence[float], temperature: float, top_k: int | None, top_p: float | None,
+    num_candidates: int,
+) -> DrawSettings:
+    options = _options(temperature, top_k, top_p)
+    if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 1:
+        raise UserError(f"num_candidates must be an integer >= 1, got {num_candidates!r}")
+    if num_candidates > 1 and options.greedy:
+        raise UserError(f"{num_candidates} candidates per image need sampling (temperature > 0): greedy decoding "
                         "draws the same candidate every time")
+    return DrawSettings(options, guidance_scale, num_candidates)
 
 
 def _scales(guidance_scale: float | Sequence[float], num_prompts: int) -> list[float]:

@@ -15,10 +15,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from unitok.lm.sequences import IGNORE, captioning_example, collate
+from unitok.lm.sequences import captioning_example, collate, next_token_losses
 from unitok.vocabulary import UnifiedVocabulary
 
 
@@ -36,13 +35,11 @@ def prompt_log_likelihood(
     scores = []
     for start in range(0, codes.shape[0], batch_size):
         examples = [captioning_example(grid, ids, vocab)
-                    for grid, ids in zip(codes[start : start + batch_size].cpu(), text_ids[start : start + batch_size])]
+                    for grid, ids in zip(codes[start : start + batch_size].cpu(), text_ids[start : start + batch_size], strict=True)]
         batch = {k: v.to(model.device) for k, v in collate(examples, vocab).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
-        targets = batch["labels"][:, 1:]
-        scored = targets != IGNORE
-        token_scores = F.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        scores.append((token_scores * scored).sum(-1))
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        losses, _ = next_token_losses(logits, batch["labels"])  # 0 outside the prompt and <eos>
+        scores.append(-losses.sum(-1))
     return torch.cat(scores)
 
 
@@ -55,10 +52,8 @@ def candidate_generators(
     reranked image still depends on nothing but its prompt, settings and generator.
     """
     if generators is None or isinstance(generators, torch.Generator):
-        source = generators
-        seeds = torch.randint(0, 2**62, (rows * candidates,), generator=source,
-                              device="cpu" if source is None else source.device)
-        device = torch.device("cpu") if source is None else source.device
+        device = torch.device("cpu") if generators is None else generators.device
+        seeds = torch.randint(0, 2**62, (rows * candidates,), generator=generators, device=device)
         return [torch.Generator(device).manual_seed(int(s)) for s in seeds]
     derived = []
     for generator in generators:

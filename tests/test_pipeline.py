@@ -108,8 +108,8 @@ def test_sampling_defaults_travel_with_the_model_and_calls_can_override_them(pip
     # The saved defaults are what an unqualified call uses; explicit arguments win over them.
     assert torch.equal(codes(loaded), codes(pipe, guidance_scale=2.0, temperature=0.0))
     assert torch.equal(codes(loaded, temperature=1.0, guidance_scale=3.0), codes(pipe))
-    options, guidance = loaded.sampling_settings(top_k=5)
-    assert (options.temperature, options.top_k, guidance) == (0.0, 5, 2.0)
+    settings = loaded.sampling_settings(top_k=5)
+    assert (settings.options.temperature, settings.options.top_k, settings.guidance_scale) == (0.0, 5, 2.0)
     with pytest.raises(UserError, match="temperature"):
         UniTokPipeline.from_parts(tmp_path / "lm", tmp_path / "image_tokenizer", default_temperature=-1.0)
 
@@ -187,7 +187,7 @@ def test_prompt_log_likelihood_is_the_captioning_log_probability(pipe):
     codes = torch.randint(0, vocab.codebook_size, (3, *vocab.grid), generator=torch.Generator().manual_seed(0))
     text_ids = [pipe.encode_prompt(p) for p in (PROMPTS[0], PROMPTS[1], PROMPTS[0])]
     scores = prompt_log_likelihood(pipe.lm, vocab, codes, text_ids, batch_size=2)
-    for grid, ids, score in zip(codes, text_ids, scores):
+    for grid, ids, score in zip(codes, text_ids, scores, strict=True):
         bos = [] if vocab.bos_id is None else [vocab.bos_id]
         sequence = [*bos, vocab.boi_id, *vocab.to_lm_ids(grid).flatten().tolist(), vocab.eoi_id, *ids, vocab.eos_id]
         with torch.no_grad():

@@ -43,22 +43,22 @@ def run(args: argparse.Namespace) -> int:
 
     pipe = UniTokPipeline.from_pretrained(model_dir)
     pipe.set_progress_bar_config(disable=True)
-    options, guidance = pipe.sampling_settings(args.guidance, args.temperature, args.top_k)
-    candidates = pipe.config.default_num_candidates if args.candidates is None else args.candidates
+    chosen = dict(guidance_scale=args.guidance, temperature=args.temperature, top_k=args.top_k,
+                  num_candidates=args.candidates)
+    drawing = pipe.sampling_settings(**chosen)  # what the model's defaults make of them, for the report
 
     def generate(prompts: list[str], seed: int):
         generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
-        return pipe(prompts, guidance_scale=guidance, temperature=options.temperature, top_k=options.top_k or 0,
-                    top_p=options.top_p or 1.0, num_candidates=candidates, generator=generators,
-                    batch_size=args.batch_size).images
+        return pipe(prompts, generator=generators, batch_size=args.batch_size, **chosen).images
 
     start = time.perf_counter()
     evaluation = evaluate_shapes(
         generate, lambda images: pipe.caption(images, batch_size=args.batch_size),
         num_scenes=args.num, image_size=pipe.image_tokenizer.image_size, seed=args.seed,
         batch_size=args.batch_size,
-        settings={"model": str(model_dir), "guidance": guidance, "temperature": options.temperature,
-                  "top_k": options.top_k, "top_p": options.top_p, "candidates": candidates},
+        settings={"model": str(model_dir), "guidance": drawing.guidance_scale,
+                  "temperature": drawing.options.temperature, "top_k": drawing.options.top_k,
+                  "top_p": drawing.options.top_p, "candidates": drawing.num_candidates},
     )
     paths = write_report(evaluation, args.out)
     print(evaluation.markdown())

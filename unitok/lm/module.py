@@ -15,13 +15,12 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
+from unitok.callbacks import SaveFinalCheckpoint
 from unitok.errors import UserError
 from unitok.lm.model import ScratchConfig, build_pretrained_lm, build_scratch_lm
-from unitok.lm.sequences import IGNORE, TASKS
+from unitok.lm.sequences import IGNORE, TASKS, next_token_losses
 from unitok.lm.text_tokenizer import train_bpe_tokenizer
-from unitok.callbacks import SaveFinalCheckpoint
 from unitok.schedules import warmup_cosine_factor
 from unitok.vocabulary import UnifiedVocabulary
 
@@ -108,8 +107,8 @@ class UnifiedLMModule(L.LightningModule):
     # -- loss and metrics ----------------------------------------------------------------------
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logits, targets = logits[:, :-1].float(), batch["labels"][:, 1:]
-        token_loss = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")
+        token_loss, targets = next_token_losses(logits, batch["labels"])
+        predicted = logits[:, :-1].argmax(-1)
         counted = targets != IGNORE
         batch_size = batch["input_ids"].shape[0]
         on_step = stage == "train"
@@ -128,12 +127,12 @@ class UnifiedLMModule(L.LightningModule):
                  sync_dist=not on_step)
         is_image = counted & (targets >= self.vocabulary.image_offset)
         if is_image.any():
-            correct = (logits.argmax(-1) == targets)[is_image].float().mean()
+            correct = (predicted == targets)[is_image].float().mean()
             self.log(f"{stage}/image_token_acc", correct, prog_bar=stage == "val", batch_size=batch_size,
                      on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
         is_text = counted & (batch["task"] == TASKS.index("captioning"))[:, None]
         if is_text.any():
-            correct = (logits.argmax(-1) == targets)[is_text].float().mean()
+            correct = (predicted == targets)[is_text].float().mean()
             self.log(f"{stage}/caption_token_acc", correct, batch_size=batch_size,
                      on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
         return loss

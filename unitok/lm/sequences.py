@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from unitok.vocabulary import UnifiedVocabulary
 
@@ -105,6 +106,14 @@ def sample_example(
     if paraphrase_ids and rng.random() < mix.paraphrase:
         return text_to_image_example(rng.choice(paraphrase_ids), codes, vocab)
     return text_to_image_example(caption_ids, codes, vocab)
+
+
+def next_token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position cross-entropy of a causal LM's logits ``[B, L, V]`` against ``labels [B, L]``:
+    ``([B, L - 1] losses, 0 where the label is IGNORE; the shifted labels [B, L - 1])``."""
+    targets = labels[:, 1:]
+    losses = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")
+    return losses, targets
 
 
 def collate(examples: Sequence[Example], vocab: UnifiedVocabulary) -> dict[str, torch.Tensor]:
