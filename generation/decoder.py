@@ -14,7 +14,9 @@ What this class adds over calling the model in a loop:
   exactly the positions it would see alone;
 - a restricted output head: after the prefill has checked that the model's logits are a plain
   linear head over its last hidden state, steps run the decoder body only and multiply by the
-  head rows of the wanted id range (the 1,024 image codes, say, instead of the whole vocabulary).
+  head rows of the wanted id range (the 1,024 image codes, say, instead of the whole vocabulary);
+- the grid-cell rows of an LM with an image-position table (``unitok.lm.image_positions``), fed
+  as ``inputs_embeds`` with each row's slot carried from step to step.
 """
 
 from __future__ import annotations
@@ -25,7 +27,14 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
+from unitok.lm.image_positions import (
+    embed_with_positions,
+    image_position_table,
+    image_slots,
+    next_image_slots,
+)
 from unitok.lm.sequences import Prompt
+from unitok.vocabulary import UnifiedVocabulary
 
 
 def context_length(model: PreTrainedModel) -> int | None:
@@ -50,11 +59,15 @@ class CachedDecoder:
     ``[rows, len(id_range)]`` (so index ``j`` means id ``id_range.start + j``).
     """
 
-    def __init__(self, model: PreTrainedModel, prompt: Prompt, id_range: range, max_new_tokens: int):
+    def __init__(
+        self, model: PreTrainedModel, vocab: UnifiedVocabulary, prompt: Prompt, id_range: range, max_new_tokens: int
+    ):
         if id_range.step != 1 or not len(id_range):
             raise ValueError(f"id_range must be a non-empty contiguous range, got {id_range}")
         self.model = model
+        self.vocab = vocab
         self.id_range = id_range
+        self.with_positions = image_position_table(model) is not None
         device = model.device
         self.input_ids = prompt.input_ids.to(device)
         rows, prompt_length = self.input_ids.shape
@@ -72,8 +85,10 @@ class CachedDecoder:
         self._body = model.get_decoder()
 
     def prefill(self) -> torch.Tensor:
+        slots = image_slots(self.input_ids, self.vocab)
+        self.last_slot = slots[:, -1]
         out = self.model(
-            input_ids=self.input_ids,
+            **self._inputs(self.input_ids, slots),
             attention_mask=self.attention_mask[:, : self.length],
             position_ids=self.prompt_position_ids,
             use_cache=True,
@@ -91,8 +106,9 @@ class CachedDecoder:
         if self.length >= self.capacity:
             raise RuntimeError(f"decoded more than the {self.capacity - self.input_ids.shape[1]} tokens planned")
         self.length += 1
+        self.last_slot = next_image_slots(self.last_slot, ids.view(-1), self.vocab)
         inputs = {
-            "input_ids": ids.view(-1, 1),
+            **self._inputs(ids.view(-1, 1), self.last_slot.view(-1, 1)),
             "attention_mask": self.attention_mask[:, : self.length],
             "position_ids": self.next_position,
             "use_cache": True,
@@ -104,6 +120,11 @@ class CachedDecoder:
             return logits[:, self.id_range.start : self.id_range.stop]
         hidden = self._body(**inputs).last_hidden_state[:, -1]
         return F.linear(hidden, self.head_weight, self.head_bias)
+
+    def _inputs(self, ids: torch.Tensor, slots: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.with_positions:
+            return {"inputs_embeds": embed_with_positions(self.model, ids, slots)}
+        return {"input_ids": ids}
 
     def _adopt_restricted_head(self, last_hidden: torch.Tensor, logits: torch.Tensor) -> None:
         """Use the head's rows directly only if that reproduces the model's logits bit for bit.

@@ -15,7 +15,8 @@ model's own weights and modules:
   follow the config), computed once for every position the run can reach and gathered per step;
 - identical prompt rows (the unconditional rows of classifier-free guidance, a prompt repeated
   for several images) are prefilled once and their cache rows copied;
-- the output head is restricted to the wanted id range.
+- the output head is restricted to the wanted id range;
+- an image-position table (``unitok.lm.image_positions``) adds its grid-cell rows to the inputs.
 
 Only ``LlamaForCausalLM`` with a plain configuration is accepted (``supports``); every other
 model takes the generic ``CachedDecoder`` path. Tests check both paths give the same logits.
@@ -29,7 +30,9 @@ from einops import rearrange
 from transformers import LlamaForCausalLM, PreTrainedModel
 
 from generation.decoder import check_context
+from unitok.lm.image_positions import embed_with_positions, image_slots, next_image_slots
 from unitok.lm.sequences import Prompt
+from unitok.vocabulary import UnifiedVocabulary
 
 
 def supports(model: PreTrainedModel) -> bool:
@@ -48,10 +51,13 @@ def supports(model: PreTrainedModel) -> bool:
 class LlamaDecoder:
     """Same interface as ``generation.decoder.CachedDecoder``: ``prefill()``, then ``step(ids)``."""
 
-    def __init__(self, model: LlamaForCausalLM, prompt: Prompt, id_range: range, max_new_tokens: int):
+    def __init__(
+        self, model: LlamaForCausalLM, vocab: UnifiedVocabulary, prompt: Prompt, id_range: range, max_new_tokens: int
+    ):
         config = model.config
         device, dtype = model.device, model.dtype
         self.model = model
+        self.vocab = vocab
         self.layers = list(model.model.layers)
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
@@ -63,6 +69,8 @@ class LlamaDecoder:
         self.head_bias = None if head.bias is None else head.bias[id_range.start : id_range.stop]
 
         self.input_ids = prompt.input_ids.to(device)
+        self.prompt_slots = image_slots(self.input_ids, vocab)
+        self.last_slot = self.prompt_slots[:, -1]
         rows, prompt_length = self.input_ids.shape
         check_context(model, prompt, max_new_tokens)
         self.capacity = prompt_length + max_new_tokens
@@ -106,7 +114,8 @@ class LlamaDecoder:
         # NaN, and a NaN value poisons later rows even where its weight is zero).
         allowed |= torch.eye(length, dtype=torch.bool, device=device)
         bias = torch.zeros(allowed.shape, dtype=self.bias.dtype, device=device).masked_fill_(~allowed, -torch.inf)
-        return self._forward(self.input_ids[rows], self.prompt_position_ids[rows], bias.unsqueeze(1), rows)
+        return self._forward(self.input_ids[rows], self.prompt_slots[rows], self.prompt_position_ids[rows],
+                             bias.unsqueeze(1), rows)
 
     @torch.inference_mode()
     def step(self, ids: torch.Tensor) -> torch.Tensor:
@@ -114,16 +123,18 @@ class LlamaDecoder:
             raise RuntimeError(f"decoded more than the {self.capacity - self.input_ids.shape[1]} tokens planned")
         positions = self.next_position
         self.next_position = positions + 1
-        return self._forward(ids.view(-1, 1), positions, self.bias[:, None, None, : self.length + 1], slice(None))
+        self.last_slot = next_image_slots(self.last_slot, ids.view(-1), self.vocab)
+        mask = self.bias[:, None, None, : self.length + 1]
+        return self._forward(ids.view(-1, 1), self.last_slot.view(-1, 1), positions, mask, slice(None))
 
-    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+    def _forward(self, ids: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
                  rows: slice | torch.Tensor) -> torch.Tensor:
-        """Run ``ids [n_rows, n]`` of batch ``rows`` at cache columns ``[length, length + n)``;
-        logits of the last one. Only the prefill passes a subset of rows."""
+        """Run ``ids [n_rows, n]`` (image slots ``slots``) of batch ``rows`` at cache columns
+        ``[length, length + n)``; logits of the last one. Only the prefill passes a subset of rows."""
         body = self.model.model
         start, n = self.length, ids.shape[1]
         stop = start + n
-        x = body.embed_tokens(ids)
+        x = embed_with_positions(self.model, ids, slots)
         cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # broadcast over heads
         for i, layer in enumerate(self.layers):
             attention, mlp = layer.self_attn, layer.mlp

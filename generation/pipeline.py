@@ -14,7 +14,8 @@ Layout on disk (``save_pretrained``)::
 
     model_index.json          names this class and the three parts, and the model's sampling
                               defaults for drawing (default_guidance_scale, default_temperature, ...)
-    lm/                       config.json, model.safetensors, generation_config.json, unitok_vocabulary.json
+    lm/                       config.json, model.safetensors, generation_config.json, unitok_vocabulary.json,
+                              image_positions.safetensors (LMs with a grid-cell table only)
     text_tokenizer/           tokenizer.json, tokenizer_config.json, ...
     image_tokenizer/          config.json, diffusion_pytorch_model.safetensors
 """
@@ -44,6 +45,7 @@ from tokenizer.images import pil_to_tensor, tensor_to_pil
 from tokenizer.model import VQTokenizer
 from unitok.atomic import atomic_directory
 from unitok.errors import UserError
+from unitok.lm.image_positions import detached_image_positions, load_image_positions, save_image_positions
 from unitok.lm.model import load_unified_lm
 from unitok.lm.text_tokenizer import check_tokenizer, decode_text, encode_text
 from unitok.vocabulary import UnifiedVocabulary
@@ -107,10 +109,12 @@ class UniTokPipeline(DiffusionPipeline):
                    **sampling_defaults)
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
-        """diffusers' layout plus the vocabulary in ``lm/``; written to a temporary sibling
+        """diffusers' layout plus the vocabulary (and any image-position table) in ``lm/``; written to a temporary sibling
         folder and renamed into place, so the target is never half written."""
         with atomic_directory(save_directory) as tmp:
-            super().save_pretrained(tmp, **kwargs)
+            with detached_image_positions(self.lm) as positions:
+                super().save_pretrained(tmp, **kwargs)
+            save_image_positions(positions, tmp / "lm")
             self.vocabulary.save(tmp / "lm")
 
     @classmethod
@@ -122,6 +126,7 @@ class UniTokPipeline(DiffusionPipeline):
         # model this size, so it is optional here.
         kwargs.setdefault("low_cpu_mem_usage", is_accelerate_available())
         pipeline = super().from_pretrained(folder, vocabulary=vocabulary, **kwargs)
+        load_image_positions(pipeline.lm, vocabulary, folder / "lm")
         if not {"torch_dtype", "dtype"} & kwargs.keys() and pipeline.lm.dtype != torch.float32:
             # A folder saved in half precision (to keep it small) loads in fp32, the CPU default;
             # configure_runtime picks half precision again on a GPU.
@@ -262,11 +267,15 @@ class UniTokPipeline(DiffusionPipeline):
                               given_or_default(num_candidates, config.default_num_candidates))
 
     def encode_prompt(self, prompt: str) -> list[int]:
-        """Prompt text -> text ids, checked to fit the LM's context with a whole image after it."""
+        """Prompt text -> text ids, checked to fit the LM's context with a whole image beside it.
+
+        The longest sequence a prompt takes part in is reranking's captioning sequence
+        ``[bos] <|boi|> codes <|eoi|> prompt <eos>`` (drawing's ``[bos] prompt <|boi|> codes
+        <|eoi|>`` is one shorter), so that is the one checked: every setting fits the same prompts.
+        """
         ids = encode_text(self.text_tokenizer, prompt)
         limit = context_length(self.lm)
-        # [bos] prompt <|boi|> codes <|eoi|>
-        needed = (self.vocabulary.bos_id is not None) + len(ids) + 2 + self.vocabulary.tokens_per_image
+        needed = (self.vocabulary.bos_id is not None) + len(ids) + 3 + self.vocabulary.tokens_per_image
         if limit is not None and needed > limit:
             room = len(ids) - (needed - limit)
             raise UserError(f"prompt is too long: {len(ids)} tokens, but the model's context of {limit} positions "

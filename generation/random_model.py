@@ -13,6 +13,7 @@ import torch
 from generation.pipeline import UniTokPipeline
 from tokenizer.model import VQTokenizer
 from unitok.data.shapes import canonical_caption, paraphrase, random_scene
+from unitok.lm.image_positions import attach_image_positions
 from unitok.lm.model import ScratchConfig, build_scratch_lm
 from unitok.lm.text_tokenizer import train_bpe_tokenizer
 
@@ -32,10 +33,12 @@ def random_pipeline(
     image_tokenizer_config: dict | None = None,
     text_vocab_size: int = 384,
     seed: int = 0,
+    image_positions: bool = False,
 ) -> UniTokPipeline:
     """A randomly initialised pipeline (eval mode): Llama ``lm_config`` (ScratchConfig defaults
     when None), a VQ tokenizer with ``image_tokenizer_config`` (VQTokenizer defaults when None)
-    and a BPE of ``text_vocab_size``."""
+    and a BPE of ``text_vocab_size``; ``image_positions`` gives the LM a grid-cell table, as the
+    embedded default has."""
     torch.manual_seed(seed)
     text_tokenizer = train_bpe_tokenizer(shapes_prompts(500, seed), vocab_size=text_vocab_size)
     # No k-means init: an untrained codebook would otherwise be fitted to the first images encoded.
@@ -43,5 +46,7 @@ def random_pipeline(
     lm, vocabulary = build_scratch_lm(
         text_tokenizer, image_tokenizer.codebook_size, image_tokenizer.grid_size, lm_config or ScratchConfig()
     )
+    if image_positions:
+        attach_image_positions(lm, vocabulary)
     return UniTokPipeline(lm=lm.eval(), text_tokenizer=text_tokenizer, image_tokenizer=image_tokenizer,
                           vocabulary=vocabulary)

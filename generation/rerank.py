@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedModel
 
+from unitok.lm.image_positions import lm_forward
 from unitok.lm.sequences import captioning_example, collate, next_token_losses
 from unitok.vocabulary import UnifiedVocabulary
 
@@ -37,7 +38,7 @@ def prompt_log_likelihood(
         examples = [captioning_example(grid, ids, vocab)
                     for grid, ids in zip(codes[start : start + batch_size].cpu(), text_ids[start : start + batch_size], strict=True)]
         batch = {k: v.to(model.device) for k, v in collate(examples, vocab).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = lm_forward(model, vocab, batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         losses, _ = next_token_losses(logits, batch["labels"])  # 0 outside the prompt and <eos>
         scores.append(-losses.sum(-1))
     return torch.cat(scores)

@@ -65,7 +65,7 @@ def sample_image_codes(
     steps = vocab.tokens_per_image
     code_range = range(vocab.image_offset, vocab.image_offset + vocab.codebook_size)
     # Room for every code and the closing <|eoi|>, so the whole sequence fits the context.
-    decoder = open_decoder(model, prompt, code_range, max_new_tokens=steps + 1)
+    decoder = open_decoder(model, vocab, prompt, code_range, max_new_tokens=steps + 1)
     uniforms = uniform_streams(generator, rows, steps, model.device)
     codes = torch.empty(rows, steps, dtype=torch.long, device=model.device)
     logits = decoder.prefill()
@@ -82,12 +82,12 @@ def sample_image_codes(
 
 
 def open_decoder(
-    model: PreTrainedModel, prompt: Prompt, id_range: range, max_new_tokens: int
+    model: PreTrainedModel, vocab: UnifiedVocabulary, prompt: Prompt, id_range: range, max_new_tokens: int
 ) -> CachedDecoder | llama_decoder.LlamaDecoder:
     """The fast Llama path when it applies to ``model``, else the generic transformers path."""
     if llama_decoder.supports(model):
-        return llama_decoder.LlamaDecoder(model, prompt, id_range, max_new_tokens)
-    return CachedDecoder(model, prompt, id_range, max_new_tokens)
+        return llama_decoder.LlamaDecoder(model, vocab, prompt, id_range, max_new_tokens)
+    return CachedDecoder(model, vocab, prompt, id_range, max_new_tokens)
 
 
 def _row_scales(
@@ -138,7 +138,7 @@ def generate_captions(
     if max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     rows = codes.shape[0]
-    decoder = open_decoder(model, captioning_prompt(codes.cpu(), vocab), range(vocab.text_size), max_new_tokens)
+    decoder = open_decoder(model, vocab, captioning_prompt(codes.cpu(), vocab), range(vocab.text_size), max_new_tokens)
     uniforms = uniform_streams(generator, rows, max_new_tokens, model.device)
     tokens = torch.full((rows, max_new_tokens), vocab.eos_id, dtype=torch.long, device=model.device)
     finished = torch.zeros(rows, dtype=torch.bool, device=model.device)

@@ -76,7 +76,7 @@ def _model_dir(args: argparse.Namespace, scratch: Path) -> tuple[str, str]:
     # The default model's architecture with random weights. A wide init (0.3) keeps the random LM
     # from ending every caption at once, so each caption runs its full --max-caption-tokens steps.
     path = scratch / "random-default-architecture"
-    random_pipeline(ScratchConfig(initializer_range=0.3)).save_pretrained(path)
+    random_pipeline(ScratchConfig(initializer_range=0.3), image_positions=True).save_pretrained(path)
     return str(path), ("model: RANDOM weights in the default model's architecture (no embedded default "
                        f"model is installed); captions run {args.max_caption_tokens} tokens each")
 

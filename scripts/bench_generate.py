@@ -5,7 +5,10 @@ top-p, and draw exactly one image's worth of codes (``h * w`` tokens) restricted
 image-code range. transformers runs CFG as ``generate(guidance_scale=..., negative_prompt_ids=...)``
 (its unconditional rows are a second, sequential model call per token) with a logits processor
 that masks everything but image codes. Timings are interleaved (ours, theirs, ours, ...) and the
-median of ``--repeats`` runs is reported, so machine load hits both sides alike.
+median of ``--repeats`` runs is reported, so machine load hits both sides alike. An LM with an
+image-position table (the default has one) runs without it on the transformers side, which knows
+nothing of it: the same matrix work less one embedding add per token, so the times compare, but
+only our side's codes are the model's drawing.
 
 Then ``unitok generate`` is timed end to end for one image from a cold process (interpreter
 start, imports, model load, sampling, decoding, PNG write), next to the bare import time.
@@ -121,7 +124,7 @@ def main() -> None:
             model_dir = Path(args.model)
             pipe = UniTokPipeline.from_pretrained(model_dir)
         else:
-            pipe = random_pipeline()
+            pipe = random_pipeline(image_positions=True)
             model_dir = Path(tmp) / "random-pipeline"
             pipe.save_pretrained(model_dir)
         pipe.set_progress_bar_config(disable=True)

@@ -117,7 +117,7 @@ def test_fast_llama_path_gives_the_logits_of_transformers_with_and_without_paddi
     model, vocab = llama
     prompt = stack_prompts(text_to_image_prompt(prompts, vocab), unconditional_prompt(3, vocab), pad_id=vocab.pad_id)
     every_id = range(vocab.size)
-    fast, generic = LlamaDecoder(model, prompt, every_id, 8), CachedDecoder(model, prompt, every_id, 8)
+    fast, generic = LlamaDecoder(model, vocab, prompt, every_id, 8), CachedDecoder(model, vocab, prompt, every_id, 8)
     with torch.inference_mode():
         torch.testing.assert_close(fast.prefill(), generic.prefill(), atol=1e-5, rtol=1e-5)
         fed = torch.randint(vocab.image_offset, vocab.size, (5, 6), generator=torch.Generator().manual_seed(0))

@@ -30,6 +30,7 @@ from unitok.data.shards import ShardWriter
 from unitok.errors import UserError
 from unitok.lm import training as lm_training
 from unitok.lm.data import CodeShardDataModule
+from unitok.lm.image_positions import ATTRIBUTE, image_position_table, lm_forward
 from unitok.lm.model import build_pretrained_lm, load_unified_lm, save_unified_lm
 from unitok.lm.module import UnifiedLMModule
 from unitok.lm.sequences import (
@@ -277,7 +278,7 @@ def test_loading_fails_clearly_when_folder_parts_disagree(tmp_path):
 # -- LightningCLI: fit, resume, export, load in a fresh process ---------------------------------
 
 
-def write_config(path, tmp_path, max_steps: int) -> None:
+def write_config(path, tmp_path, max_steps: int, image_positions: bool = False) -> None:
     path.write_text(textwrap.dedent(f"""\
         seed_everything: 0
         trainer:
@@ -300,6 +301,7 @@ def write_config(path, tmp_path, max_steps: int) -> None:
           bpe_vocab_size: 300
           scratch: {{hidden_size: 32, num_layers: 1, num_heads: 2, num_kv_heads: 2, intermediate_size: 64}}
           warmup_steps: 1
+          image_positions: {str(image_positions).lower()}
         data:
           train_shards: {tmp_path / "train"}
           val_shards: {tmp_path / "val"}
@@ -358,6 +360,26 @@ def test_cli_fits_resumes_exports_and_the_export_loads_with_plain_transformers(t
 
     assert unitok_main(["lm", "export", str(tmp_path / "missing.ckpt"), str(out)]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_image_position_table_is_trained_checkpointed_and_exported(tmp_path):
+    write_code_shards(tmp_path / "train", 8)
+    write_code_shards(tmp_path / "val", 4, seed=1)
+    config = tmp_path / "lm.yaml"
+    write_config(config, tmp_path, max_steps=2, image_positions=True)
+    cli = lm_training.main(["--config", str(config)], run=False)
+    initial = image_position_table(cli.model.model).weight.detach().clone()
+    cli.trainer.fit(cli.model, cli.datamodule)
+    trained = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["state_dict"][f"model.{ATTRIBUTE}.weight"]
+    assert not torch.equal(trained, initial)  # in the optimiser, and saved with the checkpoint
+
+    out = tmp_path / "export"
+    assert unitok_main(["lm", "export", str(tmp_path / "ckpt" / "last.ckpt"), str(out)]) == 0
+    model, _, vocab = load_unified_lm(out)
+    torch.testing.assert_close(image_position_table(model).weight, trained)
+    ids = torch.tensor([[vocab.boi_id, *range(vocab.image_offset, vocab.image_offset + 6), vocab.eoi_id]])
+    with torch.no_grad():  # the table counts: the plain forward (without it) differs
+        assert not torch.allclose(lm_forward(model, vocab, ids).logits, model(input_ids=ids).logits)
 
 
 @pytest.mark.parametrize("name", ["shapes-tiny", "qwen2.5-0.5b"])

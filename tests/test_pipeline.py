@@ -15,6 +15,7 @@ from generation.pipeline import UniTokPipeline
 from generation.random_model import random_pipeline
 from tokenizer.model import VQTokenizer
 from unitok.errors import UserError
+from unitok.lm.image_positions import detached_image_positions, image_position_table
 from unitok.lm.model import ScratchConfig, save_unified_lm
 
 TINY_LM = ScratchConfig(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=2, intermediate_size=64,
@@ -74,6 +75,26 @@ def test_save_and_load_round_trip(pipe, tmp_path):
     np.testing.assert_array_equal(before, after)
     images = pipe(PROMPTS, generator=seeded(2)).images
     assert loaded.caption(images, max_new_tokens=5) == pipe.caption(images, max_new_tokens=5)
+
+
+def test_an_lm_with_an_image_position_table_round_trips_in_full_and_half_precision(tmp_path):
+    pipe = random_pipeline(TINY_LM, TINY_IMAGE_TOKENIZER, text_vocab_size=290, image_positions=True)
+    pipe.set_progress_bar_config(disable=True)
+    table = image_position_table(pipe.lm)
+    torch.nn.init.normal_(table.weight, std=1.0)
+    before = pipe(PROMPTS, generator=seeded(2), output_type="latent").images
+    with detached_image_positions(pipe.lm):
+        assert not torch.equal(pipe(PROMPTS, generator=seeded(2), output_type="latent").images, before)
+    for dtype in (torch.float32, torch.float16):
+        pipe.lm.to(dtype)
+        pipe.save_pretrained(tmp_path / "pipe")
+        assert (tmp_path / "pipe" / "lm" / "image_positions.safetensors").is_file()
+        loaded = UniTokPipeline.from_pretrained(tmp_path / "pipe")
+        loaded.set_progress_bar_config(disable=True)
+        assert image_position_table(loaded.lm).weight.dtype == torch.float32  # loads in fp32 with the LM
+        torch.testing.assert_close(image_position_table(loaded.lm).weight, table.weight.float())
+        if dtype == torch.float32:
+            assert torch.equal(loaded(PROMPTS, generator=seeded(2), output_type="latent").images, before)
 
 
 def test_from_parts_assembles_a_pipeline_and_checks_the_parts(pipe, tmp_path):
@@ -158,6 +179,18 @@ def test_bad_requests_are_user_errors(pipe):
         pipe("a red circle " * 30)
     with pytest.raises(UserError, match="one per image"):
         pipe(PROMPTS, generator=seeded(3))
+
+
+def test_the_longest_prompt_accepted_fits_the_context_when_reranked(pipe):
+    from unitok.lm.text_tokenizer import encode_text
+
+    longest, too_long = "x" * 45, "x" * 46  # the tiny BPE has no merge of "xx": one id per x
+    assert len(encode_text(pipe.text_tokenizer, too_long)) == 46
+    assert len(pipe.encode_prompt(longest)) == 45  # tiny LM: [<boi>, 16 codes, <eoi>, 45 ids, <eos>] = 64
+    with pytest.raises(UserError, match="room for 45 prompt tokens"):
+        pipe.encode_prompt(too_long)
+    images = pipe(longest, num_candidates=2, temperature=1.0, generator=seeded(1), output_type="latent").images
+    assert images.shape == (1, 4, 4)
 
 
 def test_reranking_keeps_the_candidate_whose_prompt_is_likeliest_as_its_caption(pipe):

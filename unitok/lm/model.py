@@ -25,6 +25,7 @@ from transformers import (
 
 from unitok.atomic import atomic_directory
 from unitok.errors import UserError
+from unitok.lm.image_positions import detached_image_positions, load_image_positions, save_image_positions
 from unitok.lm.text_tokenizer import check_tokenizer, extend_tokenizer, vocabulary_for
 from unitok.vocabulary import VOCABULARY_FILE, UnifiedVocabulary
 
@@ -143,7 +144,8 @@ def _is_tied(model: PreTrainedModel) -> bool:
 def save_unified_lm(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, vocab: UnifiedVocabulary, out_dir: str | os.PathLike
 ) -> Path:
-    """Write a plain HF folder (config.json, model.safetensors, tokenizer files, vocabulary JSON).
+    """Write a plain HF folder (config.json, model.safetensors, tokenizer files, vocabulary JSON,
+    and the image-position table when the LM has one: ``unitok.lm.image_positions``).
 
     Written into a temporary sibling folder and renamed into place, so ``out_dir`` is either the
     previous export or the complete new one, never half written.
@@ -151,7 +153,9 @@ def save_unified_lm(
     check_tokenizer(tokenizer, vocab)
     vocab.check_compatible(lm_vocab_size=model.get_input_embeddings().num_embeddings)
     with atomic_directory(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        with detached_image_positions(model) as positions:
+            model.save_pretrained(tmp, safe_serialization=True)
+        save_image_positions(positions, tmp)
         tokenizer.save_pretrained(tmp)
         vocab.save(tmp)
     return Path(out_dir)
@@ -169,6 +173,7 @@ def load_unified_lm(
     tokenizer = AutoTokenizer.from_pretrained(directory)
     vocab.check_compatible(lm_vocab_size=model.get_input_embeddings().num_embeddings)
     check_tokenizer(tokenizer, vocab)
+    load_image_positions(model, vocab, directory)
     if device is not None:
         model = model.to(device)
     return model.eval(), tokenizer, vocab

@@ -18,6 +18,7 @@ import torch
 
 from unitok.callbacks import SaveFinalCheckpoint
 from unitok.errors import UserError
+from unitok.lm.image_positions import ATTRIBUTE, attach_image_positions, lm_forward
 from unitok.lm.model import ScratchConfig, build_pretrained_lm, build_scratch_lm
 from unitok.lm.sequences import IGNORE, TASKS, next_token_losses
 from unitok.lm.text_tokenizer import train_bpe_tokenizer
@@ -65,6 +66,8 @@ class UnifiedLMModule(L.LightningModule):
             the last step or by the end of ``trainer.max_time``, whichever comes first.
         weight_decay, betas: AdamW (no decay on norms and biases).
         seed: seed of the new embedding rows of a pretrained LM.
+        image_positions: give the LM a learned grid-cell embedding for image codes
+            (``unitok.lm.image_positions``); an LM loaded with one keeps it either way.
     """
 
     def __init__(
@@ -84,6 +87,7 @@ class UnifiedLMModule(L.LightningModule):
         weight_decay: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.95),
         seed: int = 0,
+        image_positions: bool = False,
     ):
         super().__init__()
         # Stored as a plain dict so checkpoints load with torch.load(weights_only=True).
@@ -103,10 +107,12 @@ class UnifiedLMModule(L.LightningModule):
             self.text_tokenizer = train_bpe_tokenizer(caption_texts(tokenizer_captions, bpe_max_samples), bpe_vocab_size)
             self.model, self.vocabulary = build_scratch_lm(
                 self.text_tokenizer, codebook_size, grid, scratch)
+        if image_positions:
+            attach_image_positions(self.model, self.vocabulary)
 
     # -- loss and metrics ----------------------------------------------------------------------
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = lm_forward(self.model, self.vocabulary, batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         token_loss, targets = next_token_losses(logits, batch["labels"])
         predicted = logits[:, :-1].argmax(-1)
         counted = targets != IGNORE
@@ -210,7 +216,10 @@ def export_checkpoint(checkpoint_path: str, out_dir: str) -> Path:
     config_dict = json.loads(stored["hf_config"])
     config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
     model = AutoModelForCausalLM.from_config(config)
+    vocab = UnifiedVocabulary.from_dict(stored["vocabulary"])
     state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    if f"{ATTRIBUTE}.weight" in state:
+        attach_image_positions(model, vocab)
     missing, unexpected = model.load_state_dict(state, strict=False)
     # Tied output weights may be stored under one name only; anything else missing is an error.
     missing = [k for k in missing if not (k.endswith("lm_head.weight") and config.tie_word_embeddings)]
@@ -219,5 +228,4 @@ def export_checkpoint(checkpoint_path: str, out_dir: str) -> Path:
     model.tie_weights()
     model.generation_config = GenerationConfig.from_dict(json.loads(stored["generation_config"]))
     tokenizer = restore_tokenizer(stored["tokenizer_files"])
-    vocab = UnifiedVocabulary.from_dict(stored["vocabulary"])
     return save_unified_lm(model.eval(), tokenizer, vocab, out_dir)

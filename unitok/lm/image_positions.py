@@ -1,0 +1,128 @@
+"""Grid-cell embeddings for image codes: where in the image the next code goes.
+
+Why: a code's place in the image is its offset from ``<|boi|>``, which a rotary-position LM only
+sees relatively and has to work out by counting; a small LM spends much of its capacity doing so
+and then binds attributes to the wrong cell (measured on Shapes: the embedded default drew
+another object's colour into a cell more often than a wrong one). A learned table, one row per
+"next cell", added to the input embeddings of ``<|boi|>`` and the codes hands it that fact. Slot
+``s`` is the input that predicts code ``s`` (slot 0 is ``<|boi|>``, slot ``tokens_per_image``
+the last code, which predicts ``<|eoi|>``); every other token gets no row (slot -1).
+
+The table is the one UniTok-specific weight of such an LM. It rides on the HF model as the
+submodule ``unitok_image_positions`` (so ``.to()``, dtype casts and the optimiser see it) but is
+saved to its own ``image_positions.safetensors`` beside the checkpoint, which stays a plain
+transformers folder. Every forward pass goes through ``embed_with_positions``; models without a table
+are called with their ids as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import PreTrainedModel
+
+from unitok.errors import UserError
+from unitok.vocabulary import UnifiedVocabulary
+
+IMAGE_POSITIONS_FILE = "image_positions.safetensors"
+ATTRIBUTE = "unitok_image_positions"
+NO_SLOT = -1
+
+
+def image_position_table(model: PreTrainedModel) -> torch.nn.Embedding | None:
+    """The model's grid-cell table, or None for an LM without one."""
+    return getattr(model, ATTRIBUTE, None)
+
+
+def attach_image_positions(model: PreTrainedModel, vocab: UnifiedVocabulary, weight: torch.Tensor | None = None) -> torch.nn.Embedding:
+    """Give ``model`` a table (``weight``, else a fresh one at the model's init scale); idempotent
+    when it has one of the right shape already."""
+    hidden = model.get_input_embeddings().embedding_dim
+    shape = (vocab.tokens_per_image + 1, hidden)
+    existing = image_position_table(model)
+    if existing is not None and weight is None:
+        if tuple(existing.weight.shape) != shape:
+            raise UserError(f"the LM's image-position table is {tuple(existing.weight.shape)}, expected {shape}")
+        return existing
+    reference = model.get_input_embeddings().weight
+    embedding = torch.nn.Embedding(*shape, device=reference.device, dtype=reference.dtype)
+    if weight is None:
+        std = getattr(model.config.get_text_config(), "initializer_range", 0.02)
+        torch.nn.init.normal_(embedding.weight, std=std)
+    else:
+        if tuple(weight.shape) != shape:
+            raise UserError(f"image-position table of shape {tuple(weight.shape)} does not fit this LM and "
+                            f"vocabulary (expected {shape})")
+        with torch.no_grad():
+            embedding.weight.copy_(weight)
+    model.add_module(ATTRIBUTE, embedding)
+    return embedding
+
+
+def image_slots(input_ids: torch.Tensor, vocab: UnifiedVocabulary) -> torch.Tensor:
+    """``[B, L]`` slot of every position of whole sequences (left- or right-padded, one image each)."""
+    is_boi = input_ids == vocab.boi_id
+    boi = is_boi.int().argmax(-1, keepdim=True)
+    offset = torch.arange(input_ids.shape[1], device=input_ids.device) - boi
+    is_code = (input_ids >= vocab.image_offset) & (input_ids < vocab.image_offset + vocab.codebook_size)
+    inside = (offset >= 0) & (offset <= vocab.tokens_per_image) & (is_code | is_boi) & is_boi.any(-1, keepdim=True)
+    return offset.masked_fill(~inside, NO_SLOT)
+
+
+def next_image_slots(previous: torch.Tensor, ids: torch.Tensor, vocab: UnifiedVocabulary) -> torch.Tensor:
+    """``[B]`` slots of ``ids`` appended one per row after tokens whose slots were ``previous``."""
+    is_code = (ids >= vocab.image_offset) & (ids < vocab.image_offset + vocab.codebook_size)
+    follows = is_code & (previous >= 0) & (previous < vocab.tokens_per_image)
+    following = torch.where(follows, previous + 1, NO_SLOT)
+    return torch.where(ids == vocab.boi_id, 0, following)
+
+
+def embed_with_positions(model: PreTrainedModel, input_ids: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+    """Token embeddings plus, where ``slot >= 0``, the table's row for that slot."""
+    embeddings = model.get_input_embeddings()(input_ids)
+    positions = image_position_table(model)
+    if positions is None:
+        return embeddings
+    rows = positions(slot.clamp(min=0)) * (slot >= 0).unsqueeze(-1).to(embeddings.dtype)
+    return embeddings + rows
+
+
+def lm_forward(model: PreTrainedModel, vocab: UnifiedVocabulary, input_ids: torch.Tensor, **kwargs):
+    """``model(...)`` on whole sequences, with the grid-cell rows when the model has a table."""
+    if image_position_table(model) is None:
+        return model(input_ids=input_ids, **kwargs)
+    return model(inputs_embeds=embed_with_positions(model, input_ids, image_slots(input_ids, vocab)), **kwargs)
+
+
+# -- saving and loading ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def detached_image_positions(model: PreTrainedModel) -> Iterator[torch.nn.Embedding | None]:
+    """Take the table off the model for the duration (to save a plain HF checkpoint)."""
+    positions = image_position_table(model)
+    if positions is not None:
+        delattr(model, ATTRIBUTE)
+    try:
+        yield positions
+    finally:
+        if positions is not None:
+            model.add_module(ATTRIBUTE, positions)
+
+
+def save_image_positions(positions: torch.nn.Embedding | None, directory: str | os.PathLike) -> None:
+    """Write the table into ``directory`` (callers write whole folders atomically)."""
+    if positions is not None:
+        save_file({"weight": positions.weight.detach().cpu().contiguous()}, str(Path(directory) / IMAGE_POSITIONS_FILE))
+
+
+def load_image_positions(model: PreTrainedModel, vocab: UnifiedVocabulary, directory: str | os.PathLike) -> None:
+    """Attach the table saved in ``directory``, if there is one."""
+    path = Path(directory) / IMAGE_POSITIONS_FILE
+    if path.is_file():
+        attach_image_positions(model, vocab, load_file(str(path))["weight"])
