@@ -42,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--candidates", type=int, default=None, metavar="K",
                         help="draw K candidates per image and keep the one whose prompt the model finds likeliest "
                              "as its caption; needs temperature > 0 (default: the model's own)")
+    parser.add_argument("--consensus-weight", type=float, default=None, metavar="W",
+                        help="when reranking, add W x log(candidates the model reads as the same caption); "
+                             "0 = off (default: the model's own)")
     add_runtime_arguments(parser, default_batch_size=8)
 
 
@@ -76,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             images = pipeline(
                 [job.prompt for job in chunk], num_images_per_prompt=n, guidance_scale=args.guidance,
                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, num_candidates=args.candidates,
-                generator=generators,
+                consensus_weight=args.consensus_weight, generator=generators,
                 batch_size=args.batch_size,
             ).images
             for i, job in enumerate(chunk):
@@ -112,6 +115,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise UserError(f"--temperature must be a finite number >= 0, got {args.temperature}")
     if args.candidates is not None and args.candidates < 1:
         raise UserError(f"--candidates must be >= 1, got {args.candidates}")
+    if args.consensus_weight is not None and (not math.isfinite(args.consensus_weight) or args.consensus_weight < 0):
+        raise UserError(f"--consensus-weight must be a finite number >= 0, got {args.consensus_weight}")
     if args.top_k is not None and args.top_k < 0:
         raise UserError(f"--top-k must be >= 0, got {args.top_k}")
     if args.top_p is not None and not 0.0 < args.top_p <= 1.0:

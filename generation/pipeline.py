@@ -23,6 +23,7 @@ Layout on disk (``save_pretrained``)::
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from generation.decoder import context_length
 from generation.default_model import resolve_model_dir
-from generation.rerank import candidate_generators, prompt_log_likelihood
+from generation.rerank import candidate_generators, consensus_log_counts, prompt_log_likelihood
 from generation.sampler import generate_captions, sample_image_codes
 from generation.token_choice import SamplingOptions
 from tokenizer.images import pil_to_tensor, tensor_to_pil
@@ -71,6 +72,7 @@ class UniTokPipeline(DiffusionPipeline):
         default_top_k: int | None = None,
         default_top_p: float | None = None,
         default_num_candidates: int = 1,
+        default_consensus_weight: float = 0.0,
     ):
         """``default_*``: what ``__call__`` (and so the CLI and the HTTP API) uses when the caller
         does not say. They are saved in ``model_index.json`` with the parts, because the best
@@ -83,11 +85,12 @@ class UniTokPipeline(DiffusionPipeline):
         check_parts(vocabulary, lm, text_tokenizer, image_tokenizer)
         _scales(default_guidance_scale, 1)
         _draw_settings(default_guidance_scale, default_temperature, default_top_k, default_top_p,
-                       default_num_candidates)
+                       default_num_candidates, default_consensus_weight)
         self.register_modules(lm=lm, text_tokenizer=text_tokenizer, image_tokenizer=image_tokenizer)
         self.register_to_config(default_guidance_scale=float(default_guidance_scale),
                                 default_temperature=float(default_temperature), default_top_k=default_top_k,
-                                default_top_p=default_top_p, default_num_candidates=int(default_num_candidates))
+                                default_top_p=default_top_p, default_num_candidates=int(default_num_candidates),
+                                default_consensus_weight=float(default_consensus_weight))
         self.vocabulary = vocabulary
 
     # -- building, saving, loading -------------------------------------------------------------
@@ -190,6 +193,7 @@ class UniTokPipeline(DiffusionPipeline):
         return_dict: bool = True,
         batch_size: int = 16,
         num_candidates: int | None = None,
+        consensus_weight: float | None = None,
     ) -> ImagePipelineOutput | tuple:
         """Draw ``num_images_per_prompt`` images for each prompt.
 
@@ -198,7 +202,9 @@ class UniTokPipeline(DiffusionPipeline):
         the model's default (``self.config.default_*``); ``top_k=0`` / ``top_p=1`` turn a default
         top-k / top-p off. ``num_candidates`` (default: the model's): draw that many candidates
         per image and keep the one whose prompt the LM finds likeliest as its caption
-        (``generation.rerank``; needs temperature > 0). ``generator``: one for the whole call, or
+        (``generation.rerank``; needs temperature > 0); ``consensus_weight`` (default: the
+        model's; 0 = off) adds that weight times the log of how many candidates the LM reads as
+        the same caption (each candidate is captioned for it). ``generator``: one for the whole call, or
         one per image (image ``k`` of prompt ``i`` is image ``i * num_images_per_prompt + k``) to
         make each image independent of the others in the call and of ``batch_size`` (how many
         images, or candidates when reranking, share a forward pass).
@@ -212,7 +218,7 @@ class UniTokPipeline(DiffusionPipeline):
             raise UserError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if batch_size <= 0:
             raise UserError(f"batch_size must be >= 1, got {batch_size}")
-        settings = self.sampling_settings(guidance_scale, temperature, top_k, top_p, num_candidates)
+        settings = self.sampling_settings(guidance_scale, temperature, top_k, top_p, num_candidates, consensus_weight)
         candidates = settings.num_candidates
         scales = _scales(settings.guidance_scale, len(prompts))
         text_ids = [self.encode_prompt(p) for p in prompts]
@@ -240,6 +246,12 @@ class UniTokPipeline(DiffusionPipeline):
         codes = torch.cat(codes)
         if candidates > 1:
             scores = prompt_log_likelihood(self.lm, self.vocabulary, codes, row_ids, batch_size=batch_size)
+            if settings.consensus_weight:
+                length = self._reading_length()
+                readings = [ids for start in range(0, codes.shape[0], batch_size)
+                            for ids in generate_captions(self.lm, self.vocabulary, codes[start : start + batch_size],
+                                                         max_new_tokens=length)]
+                scores = scores + settings.consensus_weight * consensus_log_counts(readings, candidates).to(scores)
             best = scores.view(images_count, candidates).argmax(dim=1).to(codes.device)
             codes = codes.view(images_count, candidates, *codes.shape[1:])[torch.arange(images_count), best]
         images = codes if output_type == "latent" else self.decode_codes(codes, output_type)
@@ -252,6 +264,7 @@ class UniTokPipeline(DiffusionPipeline):
         top_k: int | None = None,
         top_p: float | None = None,
         num_candidates: int | None = None,
+        consensus_weight: float | None = None,
     ) -> DrawSettings:
         """The settings a drawing call uses: the arguments given, the model's defaults for the
         rest (checked: a ``UserError`` names what is wrong)."""
@@ -264,7 +277,14 @@ class UniTokPipeline(DiffusionPipeline):
                               given_or_default(temperature, config.default_temperature),
                               given_or_default(top_k, config.default_top_k),
                               given_or_default(top_p, config.default_top_p),
-                              given_or_default(num_candidates, config.default_num_candidates))
+                              given_or_default(num_candidates, config.default_num_candidates),
+                              given_or_default(consensus_weight, config.default_consensus_weight))
+
+    def _reading_length(self) -> int:
+        """Caption tokens a consensus reading may run to: 64, or what the context leaves after an image."""
+        limit = context_length(self.lm)
+        image = (self.vocabulary.bos_id is not None) + 2 + self.vocabulary.tokens_per_image  # [bos] <boi> codes <eoi>
+        return 64 if limit is None else max(1, min(64, limit - image))
 
     def encode_prompt(self, prompt: str) -> list[int]:
         """Prompt text -> text ids, checked to fit the LM's context with a whole image beside it.
@@ -375,19 +395,22 @@ class DrawSettings:
     options: SamplingOptions
     guidance_scale: float | Sequence[float]
     num_candidates: int
+    consensus_weight: float  # used only when reranking (num_candidates > 1)
 
 
 def _draw_settings(
     guidance_scale: float | Sequence[float], temperature: float, top_k: int | None, top_p: float | None,
-    num_candidates: int,
+    num_candidates: int, consensus_weight: float,
 ) -> DrawSettings:
     options = _options(temperature, top_k, top_p)
+    if not (isinstance(consensus_weight, int | float) and math.isfinite(consensus_weight) and consensus_weight >= 0):
+        raise UserError(f"consensus_weight must be a finite number >= 0, got {consensus_weight!r}")
     if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 1:
         raise UserError(f"num_candidates must be an integer >= 1, got {num_candidates!r}")
     if num_candidates > 1 and options.greedy:
         raise UserError(f"{num_candidates} candidates per image need sampling (temperature > 0): greedy decoding "
                         "draws the same candidate every time")
-    return DrawSettings(options, guidance_scale, num_candidates)
+    return DrawSettings(options, guidance_scale, num_candidates, float(consensus_weight))
 
 
 def _scales(guidance_scale: float | Sequence[float], num_prompts: int) -> list[float]:

@@ -8,10 +8,21 @@ captioning training sequence ``[bos] <boi> codes <eoi> prompt <eos>`` (``unitok.
 in one teacher-forced pass, summed over the prompt and ``<eos>``. It is CLIP reranking (DALL-E)
 without a second model. All candidates of an image share its prompt, so the sums compare as they
 are, with no length normalisation.
+
+Consensus. The captioner writes one phrasing only (for Shapes, the canonical caption), so a prompt
+in other words ("a tiny square in the upper left corner") is scored partly on words it never
+learned to read, and the score loses its edge: on 100 held-out Shapes scenes the default draws a
+right candidate among 16 for 98 % of prompts either way, but picks one for 96 % of canonical
+prompts and 75 % of paraphrased ones. The drawing direction reads paraphrases about as well as
+canonical captions, so how many candidates the model itself reads as the same caption is a second
+judge: the score becomes ``log p(prompt | image) + w * log(candidates with this image's reading)``.
+``w = 1`` is the posterior mass of the reading (sampling frequency times likelihood); a larger
+``w`` trusts the drawing's consensus more than the captioner's reading of an unfamiliar prompt.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import torch
@@ -42,6 +53,18 @@ def prompt_log_likelihood(
         losses, _ = next_token_losses(logits, batch["labels"])  # 0 outside the prompt and <eos>
         scores.append(-losses.sum(-1))
     return torch.cat(scores)
+
+
+def consensus_log_counts(readings: Sequence[Sequence[int]], candidates: int) -> torch.Tensor:
+    """``[N * K]`` log of how many of an image's ``K`` candidates have the same reading (caption
+    ids) as each one; candidate ``j`` of image ``i`` is at ``i * K + j``."""
+    if len(readings) % candidates:
+        raise ValueError(f"{len(readings)} readings do not split into groups of {candidates} candidates")
+    counts = []
+    for start in range(0, len(readings), candidates):
+        group = Counter(tuple(r) for r in readings[start : start + candidates])
+        counts.extend(group[tuple(r)] for r in readings[start : start + candidates])
+    return torch.tensor(counts, dtype=torch.float32).log()
 
 
 def candidate_generators(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from generation import default_model
@@ -80,6 +81,18 @@ def test_seed_of_a_prompts_file_line_is_seed_plus_line_times_n(capsys, model_dir
     assert not np.array_equal(pixels(alone[0]), pixels(alone[1]))
 
 
+def test_reranking_flags_reach_the_pipeline(capsys, model_dir, tmp_path):
+    from generation.pipeline import UniTokPipeline
+
+    written = generate(capsys, model_dir, "a red circle", "--candidates", "3", "--consensus-weight", "2",
+                       "--temperature", "1", "--guidance", "1", "--seed", "5", "--out", str(tmp_path / "r.png"))
+    pipe = UniTokPipeline.from_pretrained(model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe("a red circle", num_candidates=3, consensus_weight=2.0, temperature=1.0, guidance_scale=1.0,
+                    generator=[torch.Generator().manual_seed(5)]).images[0]
+    np.testing.assert_array_equal(pixels(written[0]), np.asarray(expected))
+
+
 def test_caption_prints_one_caption_per_image(capsys, model_dir, tmp_path):
     images = generate(capsys, model_dir, "a red circle", "-n", "3", "--out", str(tmp_path / "x.png"))
     assert main(["caption", *map(str, images), "--model", str(model_dir), "--max-new-tokens", "5"]) == 0
@@ -98,6 +111,7 @@ def test_caption_prints_one_caption_per_image(capsys, model_dir, tmp_path):
     (["generate", "x", "-n", "0", "--model", "{model}"], "-n must be >= 1"),
     (["generate", "x", "--guidance", "nan", "--model", "{model}"], "finite"),
     (["generate", "x", "--guidance", "inf", "--model", "{model}"], "finite"),
+    (["generate", "x", "--consensus-weight", "-1", "--model", "{model}"], "--consensus-weight must be"),
     (["generate", "x", "--out", "{tmp}/x.gifx", "--model", "{model}"], "unknown image extension"),
     (["generate", "--model", "{model}"], "exactly one of them"),
     (["generate", "a red circle " * 30, "--model", "{model}"], "too long"),

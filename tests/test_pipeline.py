@@ -116,12 +116,13 @@ def test_sampling_defaults_travel_with_the_model_and_calls_can_override_them(pip
     save_unified_lm(pipe.lm, pipe.text_tokenizer, pipe.vocabulary, tmp_path / "lm")
     pipe.image_tokenizer.save_pretrained(tmp_path / "image_tokenizer")
     greedy = UniTokPipeline.from_parts(tmp_path / "lm", tmp_path / "image_tokenizer", default_guidance_scale=2.0,
-                                       default_temperature=0.0)
+                                       default_temperature=0.0, default_consensus_weight=4.0)
     greedy.save_pretrained(tmp_path / "greedy")
     assert json.loads((tmp_path / "greedy" / "model_index.json").read_text())["default_temperature"] == 0.0
     loaded = UniTokPipeline.from_pretrained(tmp_path / "greedy")
     loaded.set_progress_bar_config(disable=True)
     assert (loaded.config.default_guidance_scale, loaded.config.default_temperature) == (2.0, 0.0)
+    assert loaded.sampling_settings().consensus_weight == 4.0 and pipe.sampling_settings().consensus_weight == 0.0
 
     def codes(pipeline, **settings):
         return pipeline(PROMPTS, generator=seeded(2), output_type="latent", **settings).images
@@ -211,6 +212,48 @@ def test_reranking_keeps_the_candidate_whose_prompt_is_likeliest_as_its_caption(
         pipe(PROMPTS, num_candidates=2, temperature=0.0)
     with pytest.raises(UserError, match="num_candidates"):
         pipe(PROMPTS, num_candidates=0)
+
+
+def test_consensus_counts_identical_readings_per_image():
+    from generation.rerank import consensus_log_counts
+
+    readings = [[1, 2], [1, 2], [3], [1, 2], [3], [4], [4], [4]]
+    expected = torch.tensor([3, 3, 1, 3, 1, 3, 3, 3], dtype=torch.float32).log()
+    torch.testing.assert_close(consensus_log_counts(readings, 4), expected)
+    torch.testing.assert_close(consensus_log_counts(readings, 2), torch.tensor([2, 2, 1, 1, 1, 1, 2, 2]).float().log())
+    with pytest.raises(ValueError, match="groups of 3"):
+        consensus_log_counts(readings, 3)
+
+
+def test_consensus_weight_adds_the_log_count_of_each_candidates_reading(pipe, monkeypatch):
+    import generation.pipeline as pipeline_module
+    from generation.rerank import candidate_generators, prompt_log_likelihood
+
+    def reading(codes: torch.Tensor) -> list[int]:  # a stand-in captioner: 3 possible readings
+        return [int(codes.sum()) % 3]
+
+    seen_lengths = []
+
+    def fake_captions(lm, vocab, codes, max_new_tokens):
+        seen_lengths.append(max_new_tokens)
+        return [reading(grid) for grid in codes]
+
+    monkeypatch.setattr(pipeline_module, "generate_captions", fake_captions)
+    settings = dict(temperature=1.0, guidance_scale=1.0, output_type="latent")
+    derived = candidate_generators(seeded(2), rows=2, candidates=6)
+    drawn = pipe([p for p in PROMPTS for _ in range(6)], generator=derived, num_candidates=1, **settings).images
+    text_ids = [pipe.encode_prompt(p) for p in PROMPTS for _ in range(6)]
+    likelihood = prompt_log_likelihood(pipe.lm, pipe.vocabulary, drawn, text_ids)
+    counts = torch.tensor([[sum(reading(o) == reading(c) for o in group) for c in group] for group in drawn.view(2, 6, 4, 4)])
+    assert (counts != counts[:, :1]).any()  # the readings differ, so the weight can change the choice
+    for weight in (0.0, 1.0, 1e6):
+        chosen = pipe(PROMPTS, num_candidates=6, consensus_weight=weight, generator=seeded(2), batch_size=5,
+                      **settings).images
+        best = (likelihood.view(2, 6) + weight * counts.float().log()).argmax(1)
+        assert torch.equal(chosen, drawn.view(2, 6, 4, 4)[torch.arange(2), best]), weight
+    assert seen_lengths and set(seen_lengths) == {64 - 18}  # the tiny LM's context less [<boi> 16 codes <eoi>]
+    with pytest.raises(UserError, match="consensus_weight"):
+        pipe(PROMPTS, num_candidates=2, temperature=1.0, consensus_weight=-1.0)
 
 
 def test_prompt_log_likelihood_is_the_captioning_log_probability(pipe):
