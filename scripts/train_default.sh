@@ -35,7 +35,7 @@ stage() { echo "== $(date +%H:%M:%S) $*"; }
 
 stage "pipeline -> $ASSET"
 # Sampling defaults picked on held-out scenes the report does not use (README: "Sampling defaults").
-$PY scripts/assemble_pipeline.py runs/shapes-tiny/export runs/shapes64/export "$ASSET" --fp16 --guidance 1 --temperature 0.7 --candidates 16
+$PY scripts/assemble_pipeline.py runs/shapes-tiny/export runs/shapes64/export "$ASSET" --fp16 --guidance 1 --temperature 0.7 --candidates 16 --consensus-weight 4
 
 stage "evaluation"
 $UNITOK eval shapes --model "$ASSET" --out runs/eval-shapes

@@ -2,12 +2,13 @@
 
 A handful of held-out scenes (the val split, which no training shard contains), fixed seeds and
 the model's own sampling defaults. The thresholds follow what ``unitok eval shapes`` measured on
-300 scenes (README), with room for a handful: captioning 96.7 % exact; text-to-image 100 % right
-backgrounds, 96 % right object cells, 23.7 % exact scenes (below its 90 % target, see README).
+300 scenes (README), with room for a miss or two: text-to-image 92.3 % exact scenes from canonical
+captions and 77.7 % from paraphrases, captioning 96.7 % (these 8 scenes: 8, 7 and 8 of 8).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -34,18 +35,13 @@ def test_the_default_loads_offline_from_the_package_and_is_small(pipe):
     assert pipe.vocabulary.grid == pipe.image_tokenizer.grid_size
 
 
-def test_the_default_draws_scenes_the_analyzer_reads_back(pipe):
-    prompts = [shapes.canonical_caption(s) for s in SCENES]
+@pytest.mark.parametrize(("phrasing", "at_least"), [("canonical", 6), ("paraphrased", 5)])
+def test_the_default_draws_scenes_the_analyzer_reads_back(pipe, phrasing, at_least):
+    rng = np.random.default_rng(7)
+    prompts = [shapes.canonical_caption(s) if phrasing == "canonical" else shapes.paraphrase(s, rng) for s in SCENES]
     generators = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
-    images = pipe(prompts, generator=generators).images
-    read_back = [shapes.analyze(image) for image in images]
-    assert all(r is not None and r.background == s.background for r, s in zip(read_back, SCENES, strict=True)), read_back
-
-    def cells(scene: shapes.Scene) -> set[str]:
-        return {o.position for o in scene.objects}
-
-    assert sum(cells(r) == cells(s) for r, s in zip(read_back, SCENES, strict=True)) >= 6, read_back
-    assert sum(r == s for r, s in zip(read_back, SCENES, strict=True)) >= 1, read_back
+    read_back = [shapes.analyze(image) for image in pipe(prompts, generator=generators).images]
+    assert sum(r == s for r, s in zip(read_back, SCENES, strict=True)) >= at_least, list(zip(prompts, read_back, strict=True))
 
 
 def test_the_default_captions_rendered_scenes(pipe):
