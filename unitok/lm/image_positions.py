@@ -1,10 +1,11 @@
 """Grid-cell embeddings for image codes: where in the image the next code goes.
 
 Why: a code's place in the image is its offset from ``<|boi|>``, which a rotary-position LM only
-sees relatively and has to work out by counting; a small LM spends much of its capacity doing so
-and then binds attributes to the wrong cell (measured on Shapes: the embedded default drew
-another object's colour into a cell more often than a wrong one). A learned table, one row per
-"next cell", added to the input embeddings of ``<|boi|>`` and the codes hands it that fact. Slot
+sees relatively and has to work out by counting; a small one learns that slowly and binds
+attributes to the wrong cell (the Shapes default without a table drew another object's colour into
+a cell more often than a colour named nowhere in the prompt). A learned table, one row per "next
+cell", added to the input embeddings of ``<|boi|>`` and the codes hands it that fact (same data,
+same 14 minutes: image-code token accuracy 0.595 with it, 0.534 without). Slot
 ``s`` is the input that predicts code ``s`` (slot 0 is ``<|boi|>``, slot ``tokens_per_image``
 the last code, which predicts ``<|eoi|>``); every other token gets no row (slot -1).
 
