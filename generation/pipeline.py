@@ -39,7 +39,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from generation.decoder import context_length
 from generation.default_model import resolve_model_dir
-from generation.rerank import candidate_generators, consensus_log_counts, prompt_log_likelihood
+from generation.rerank import (
+    candidate_generators,
+    consensus_log_counts,
+    prompt_log_likelihood,
+    reads_as_its_prompt,
+)
 from generation.sampler import generate_captions, sample_image_codes
 from generation.token_choice import SamplingOptions
 from tokenizer.images import pil_to_tensor, tensor_to_pil
@@ -204,7 +209,8 @@ class UniTokPipeline(DiffusionPipeline):
         per image and keep the one whose prompt the LM finds likeliest as its caption
         (``generation.rerank``; needs temperature > 0); ``consensus_weight`` (default: the
         model's; 0 = off) adds that weight times the log of how many candidates the LM reads as
-        the same caption (each candidate is captioned for it). ``generator``: one for the whole call, or
+        the same caption (each candidate is captioned for it), except for an image whose prompt
+        is word for word one of those readings. ``generator``: one for the whole call, or
         one per image (image ``k`` of prompt ``i`` is image ``i * num_images_per_prompt + k``) to
         make each image independent of the others in the call and of ``batch_size`` (how many
         images, or candidates when reranking, share a forward pass).
@@ -251,7 +257,9 @@ class UniTokPipeline(DiffusionPipeline):
                 readings = [ids for start in range(0, codes.shape[0], batch_size)
                             for ids in generate_captions(self.lm, self.vocabulary, codes[start : start + batch_size],
                                                          max_new_tokens=length)]
-                scores = scores + settings.consensus_weight * consensus_log_counts(readings, candidates).to(scores)
+                consensus = consensus_log_counts(readings, candidates).masked_fill(
+                    reads_as_its_prompt(readings, row_ids, candidates), 0.0)
+                scores = scores + settings.consensus_weight * consensus.to(scores)
             best = scores.view(images_count, candidates).argmax(dim=1).to(codes.device)
             codes = codes.view(images_count, candidates, *codes.shape[1:])[torch.arange(images_count), best]
         images = codes if output_type == "latent" else self.decode_codes(codes, output_type)

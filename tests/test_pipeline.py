@@ -215,7 +215,7 @@ def test_reranking_keeps_the_candidate_whose_prompt_is_likeliest_as_its_caption(
 
 
 def test_consensus_counts_identical_readings_per_image():
-    from generation.rerank import consensus_log_counts
+    from generation.rerank import consensus_log_counts, reads_as_its_prompt
 
     readings = [[1, 2], [1, 2], [3], [1, 2], [3], [4], [4], [4]]
     expected = torch.tensor([3, 3, 1, 3, 1, 3, 3, 3], dtype=torch.float32).log()
@@ -223,13 +223,24 @@ def test_consensus_counts_identical_readings_per_image():
     torch.testing.assert_close(consensus_log_counts(readings, 2), torch.tensor([2, 2, 1, 1, 1, 1, 2, 2]).float().log())
     with pytest.raises(ValueError, match="groups of 3"):
         consensus_log_counts(readings, 3)
+    prompts = [[3]] * 4 + [[5]] * 4  # the first image's prompt is a reading of one candidate, the second's is not
+    assert reads_as_its_prompt(readings, prompts, 4).tolist() == [True] * 4 + [False] * 4
 
 
 def test_consensus_weight_adds_the_log_count_of_each_candidates_reading(pipe, monkeypatch):
     import generation.pipeline as pipeline_module
     from generation.rerank import candidate_generators, prompt_log_likelihood
 
-    def reading(codes: torch.Tensor) -> list[int]:  # a stand-in captioner: 3 possible readings
+    settings = dict(temperature=1.0, guidance_scale=1.0, output_type="latent")
+    derived = candidate_generators(seeded(3), rows=3, candidates=6)
+    prompts = [*PROMPTS, PROMPTS[0]]
+    drawn = pipe([p for p in prompts for _ in range(6)], generator=derived, num_candidates=1, **settings).images
+    text_ids = [pipe.encode_prompt(p) for p in prompts for _ in range(6)]
+    likelihood = prompt_log_likelihood(pipe.lm, pipe.vocabulary, drawn, text_ids).view(3, 6)
+
+    def reading(codes: torch.Tensor) -> list[int]:  # a stand-in captioner: 3 possible readings...
+        if torch.equal(codes, drawn[2 * 6 + 4]):
+            return text_ids[0]  # ...and, for one candidate of the third image, its prompt word for word
         return [int(codes.sum()) % 3]
 
     seen_lengths = []
@@ -239,18 +250,16 @@ def test_consensus_weight_adds_the_log_count_of_each_candidates_reading(pipe, mo
         return [reading(grid) for grid in codes]
 
     monkeypatch.setattr(pipeline_module, "generate_captions", fake_captions)
-    settings = dict(temperature=1.0, guidance_scale=1.0, output_type="latent")
-    derived = candidate_generators(seeded(2), rows=2, candidates=6)
-    drawn = pipe([p for p in PROMPTS for _ in range(6)], generator=derived, num_candidates=1, **settings).images
-    text_ids = [pipe.encode_prompt(p) for p in PROMPTS for _ in range(6)]
-    likelihood = prompt_log_likelihood(pipe.lm, pipe.vocabulary, drawn, text_ids)
-    counts = torch.tensor([[sum(reading(o) == reading(c) for o in group) for c in group] for group in drawn.view(2, 6, 4, 4)])
-    assert (counts != counts[:, :1]).any()  # the readings differ, so the weight can change the choice
+    groups = drawn.view(3, 6, 4, 4)
+    counts = torch.tensor([[sum(reading(o) == reading(c) for o in group) for c in group] for group in groups])
+    assert (counts[:2] != counts[:2, :1]).any()  # the readings differ, so the weight can change the choice
     for weight in (0.0, 1.0, 1e6):
-        chosen = pipe(PROMPTS, num_candidates=6, consensus_weight=weight, generator=seeded(2), batch_size=5,
+        chosen = pipe(prompts, num_candidates=6, consensus_weight=weight, generator=seeded(3), batch_size=5,
                       **settings).images
-        best = (likelihood.view(2, 6) + weight * counts.float().log()).argmax(1)
-        assert torch.equal(chosen, drawn.view(2, 6, 4, 4)[torch.arange(2), best]), weight
+        bonus = weight * counts.float().log()
+        bonus[2] = 0.0  # the third image's prompt is one of its readings: likelihood alone
+        best = (likelihood + bonus).argmax(1)
+        assert torch.equal(chosen, groups[torch.arange(3), best]), weight
     assert seen_lengths and set(seen_lengths) == {64 - 18}  # the tiny LM's context less [<boi> 16 codes <eoi>]
     with pytest.raises(UserError, match="consensus_weight"):
         pipe(PROMPTS, num_candidates=2, temperature=1.0, consensus_weight=-1.0)
