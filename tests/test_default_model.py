@@ -2,7 +2,7 @@
 
 A handful of held-out scenes (the val split, which no training shard contains), fixed seeds and
 the model's own sampling defaults. The thresholds follow what ``unitok eval shapes`` measured on
-300 scenes (README), with room for a miss or two: text-to-image 92.3 % exact scenes from canonical
+300 scenes (README), with room for a miss or two: text-to-image 93.0 % exact scenes from canonical
 captions and 77.7 % from paraphrases, captioning 96.7 % (these 8 scenes: 8, 7 and 8 of 8).
 """
 
