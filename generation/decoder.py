@@ -27,12 +27,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from unitok.lm.image_positions import (
-    embed_with_positions,
-    image_position_table,
-    image_slots,
-    next_image_slots,
-)
+from unitok.lm.image_positions import DecodingSlots
 from unitok.lm.sequences import Prompt
 from unitok.vocabulary import UnifiedVocabulary
 
@@ -65,11 +60,10 @@ class CachedDecoder:
         if id_range.step != 1 or not len(id_range):
             raise ValueError(f"id_range must be a non-empty contiguous range, got {id_range}")
         self.model = model
-        self.vocab = vocab
         self.id_range = id_range
-        self.with_positions = image_position_table(model) is not None
         device = model.device
         self.input_ids = prompt.input_ids.to(device)
+        self.slots = DecodingSlots(model, vocab, self.input_ids)
         rows, prompt_length = self.input_ids.shape
         check_context(model, prompt, max_new_tokens)
         self.attention_mask = torch.ones(rows, prompt_length + max_new_tokens, dtype=torch.long, device=device)
@@ -85,10 +79,8 @@ class CachedDecoder:
         self._body = model.get_decoder()
 
     def prefill(self) -> torch.Tensor:
-        slots = image_slots(self.input_ids, self.vocab)
-        self.last_slot = slots[:, -1]
         out = self.model(
-            **self._inputs(self.input_ids, slots),
+            **self._inputs(self.input_ids, self.slots.prompt),
             attention_mask=self.attention_mask[:, : self.length],
             position_ids=self.prompt_position_ids,
             use_cache=True,
@@ -106,9 +98,8 @@ class CachedDecoder:
         if self.length >= self.capacity:
             raise RuntimeError(f"decoded more than the {self.capacity - self.input_ids.shape[1]} tokens planned")
         self.length += 1
-        self.last_slot = next_image_slots(self.last_slot, ids.view(-1), self.vocab)
         inputs = {
-            **self._inputs(ids.view(-1, 1), self.last_slot.view(-1, 1)),
+            **self._inputs(ids.view(-1, 1), self.slots.append(ids)),
             "attention_mask": self.attention_mask[:, : self.length],
             "position_ids": self.next_position,
             "use_cache": True,
@@ -121,9 +112,9 @@ class CachedDecoder:
         hidden = self._body(**inputs).last_hidden_state[:, -1]
         return F.linear(hidden, self.head_weight, self.head_bias)
 
-    def _inputs(self, ids: torch.Tensor, slots: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self.with_positions:
-            return {"inputs_embeds": embed_with_positions(self.model, ids, slots)}
+    def _inputs(self, ids: torch.Tensor, slots: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        if self.slots.active:
+            return {"inputs_embeds": self.slots.embed(ids, slots)}
         return {"input_ids": ids}
 
     def _adopt_restricted_head(self, last_hidden: torch.Tensor, logits: torch.Tensor) -> None:

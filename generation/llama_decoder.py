@@ -30,7 +30,7 @@ from einops import rearrange
 from transformers import LlamaForCausalLM, PreTrainedModel
 
 from generation.decoder import check_context
-from unitok.lm.image_positions import embed_with_positions, image_slots, next_image_slots
+from unitok.lm.image_positions import DecodingSlots
 from unitok.lm.sequences import Prompt
 from unitok.vocabulary import UnifiedVocabulary
 
@@ -57,7 +57,6 @@ class LlamaDecoder:
         config = model.config
         device, dtype = model.device, model.dtype
         self.model = model
-        self.vocab = vocab
         self.layers = list(model.model.layers)
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
@@ -69,8 +68,7 @@ class LlamaDecoder:
         self.head_bias = None if head.bias is None else head.bias[id_range.start : id_range.stop]
 
         self.input_ids = prompt.input_ids.to(device)
-        self.prompt_slots = image_slots(self.input_ids, vocab)
-        self.last_slot = self.prompt_slots[:, -1]
+        self.slots = DecodingSlots(model, vocab, self.input_ids)
         rows, prompt_length = self.input_ids.shape
         check_context(model, prompt, max_new_tokens)
         self.capacity = prompt_length + max_new_tokens
@@ -114,8 +112,8 @@ class LlamaDecoder:
         # NaN, and a NaN value poisons later rows even where its weight is zero).
         allowed |= torch.eye(length, dtype=torch.bool, device=device)
         bias = torch.zeros(allowed.shape, dtype=self.bias.dtype, device=device).masked_fill_(~allowed, -torch.inf)
-        return self._forward(self.input_ids[rows], self.prompt_slots[rows], self.prompt_position_ids[rows],
-                             bias.unsqueeze(1), rows)
+        slots = None if self.slots.prompt is None else self.slots.prompt[rows]
+        return self._forward(self.input_ids[rows], slots, self.prompt_position_ids[rows], bias.unsqueeze(1), rows)
 
     @torch.inference_mode()
     def step(self, ids: torch.Tensor) -> torch.Tensor:
@@ -123,18 +121,17 @@ class LlamaDecoder:
             raise RuntimeError(f"decoded more than the {self.capacity - self.input_ids.shape[1]} tokens planned")
         positions = self.next_position
         self.next_position = positions + 1
-        self.last_slot = next_image_slots(self.last_slot, ids.view(-1), self.vocab)
         mask = self.bias[:, None, None, : self.length + 1]
-        return self._forward(ids.view(-1, 1), self.last_slot.view(-1, 1), positions, mask, slice(None))
+        return self._forward(ids.view(-1, 1), self.slots.append(ids), positions, mask, slice(None))
 
-    def _forward(self, ids: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+    def _forward(self, ids: torch.Tensor, slots: torch.Tensor | None, positions: torch.Tensor, mask: torch.Tensor,
                  rows: slice | torch.Tensor) -> torch.Tensor:
         """Run ``ids [n_rows, n]`` (image slots ``slots``) of batch ``rows`` at cache columns
         ``[length, length + n)``; logits of the last one. Only the prefill passes a subset of rows."""
         body = self.model.model
         start, n = self.length, ids.shape[1]
         stop = start + n
-        x = embed_with_positions(self.model, ids, slots)
+        x = self.slots.embed(ids, slots)
         cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # broadcast over heads
         for i, layer in enumerate(self.layers):
             attention, mlp = layer.self_attn, layer.mlp

@@ -51,7 +51,7 @@ from tokenizer.images import pil_to_tensor, tensor_to_pil
 from tokenizer.model import VQTokenizer
 from unitok.atomic import atomic_directory
 from unitok.errors import UserError
-from unitok.lm.image_positions import detached_image_positions, load_image_positions, save_image_positions
+from unitok.lm.image_positions import image_positions_saved_apart, load_image_positions
 from unitok.lm.model import load_unified_lm
 from unitok.lm.text_tokenizer import check_tokenizer, decode_text, encode_text
 from unitok.vocabulary import UnifiedVocabulary
@@ -120,9 +120,8 @@ class UniTokPipeline(DiffusionPipeline):
         """diffusers' layout plus the vocabulary (and any image-position table) in ``lm/``; written to a temporary sibling
         folder and renamed into place, so the target is never half written."""
         with atomic_directory(save_directory) as tmp:
-            with detached_image_positions(self.lm) as positions:
+            with image_positions_saved_apart(self.lm, tmp / "lm"):
                 super().save_pretrained(tmp, **kwargs)
-            save_image_positions(positions, tmp / "lm")
             self.vocabulary.save(tmp / "lm")
 
     @classmethod
@@ -288,11 +287,14 @@ class UniTokPipeline(DiffusionPipeline):
                               given_or_default(num_candidates, config.default_num_candidates),
                               given_or_default(consensus_weight, config.default_consensus_weight))
 
+    def _image_segment_length(self) -> int:
+        """Positions of ``[bos] <|boi|> codes <|eoi|>``, the start of a captioning sequence."""
+        return (self.vocabulary.bos_id is not None) + 2 + self.vocabulary.tokens_per_image
+
     def _reading_length(self) -> int:
         """Caption tokens a consensus reading may run to: 64, or what the context leaves after an image."""
         limit = context_length(self.lm)
-        image = (self.vocabulary.bos_id is not None) + 2 + self.vocabulary.tokens_per_image  # [bos] <boi> codes <eoi>
-        return 64 if limit is None else max(1, min(64, limit - image))
+        return 64 if limit is None else max(1, min(64, limit - self._image_segment_length()))
 
     def encode_prompt(self, prompt: str) -> list[int]:
         """Prompt text -> text ids, checked to fit the LM's context with a whole image beside it.
@@ -303,7 +305,7 @@ class UniTokPipeline(DiffusionPipeline):
         """
         ids = encode_text(self.text_tokenizer, prompt)
         limit = context_length(self.lm)
-        needed = (self.vocabulary.bos_id is not None) + len(ids) + 3 + self.vocabulary.tokens_per_image
+        needed = self._image_segment_length() + len(ids) + 1  # + <eos>
         if limit is not None and needed > limit:
             room = len(ids) - (needed - limit)
             raise UserError(f"prompt is too long: {len(ids)} tokens, but the model's context of {limit} positions "

@@ -105,7 +105,7 @@ def lm_forward(model: PreTrainedModel, vocab: UnifiedVocabulary, input_ids: torc
 
 @contextlib.contextmanager
 def detached_image_positions(model: PreTrainedModel) -> Iterator[torch.nn.Embedding | None]:
-    """Take the table off the model for the duration (to save a plain HF checkpoint)."""
+    """Take the table off the model for the duration (the plain HF model without it)."""
     positions = image_position_table(model)
     if positions is not None:
         delattr(model, ATTRIBUTE)
@@ -116,8 +116,12 @@ def detached_image_positions(model: PreTrainedModel) -> Iterator[torch.nn.Embedd
             model.add_module(ATTRIBUTE, positions)
 
 
-def save_image_positions(positions: torch.nn.Embedding | None, directory: str | os.PathLike) -> None:
-    """Write the table into ``directory`` (callers write whole folders atomically)."""
+@contextlib.contextmanager
+def image_positions_saved_apart(model: PreTrainedModel, directory: str | os.PathLike) -> Iterator[None]:
+    """Save a plain HF checkpoint inside the block; the table, if any, goes to its own file in
+    ``directory`` (callers write whole folders atomically)."""
+    with detached_image_positions(model) as positions:
+        yield
     if positions is not None:
         save_file({"weight": positions.weight.detach().cpu().contiguous()}, str(Path(directory) / IMAGE_POSITIONS_FILE))
 
@@ -127,3 +131,30 @@ def load_image_positions(model: PreTrainedModel, vocab: UnifiedVocabulary, direc
     path = Path(directory) / IMAGE_POSITIONS_FILE
     if path.is_file():
         attach_image_positions(model, vocab, load_file(str(path))["weight"])
+
+
+class DecodingSlots:
+    """The slots of a KV-cached decoding run: the prompt's, then one per appended token.
+
+    Both decoders keep them the same way; for an LM without a table nothing is tracked and the
+    embeddings are the plain token embeddings.
+    """
+
+    def __init__(self, model: PreTrainedModel, vocab: UnifiedVocabulary, prompt_ids: torch.Tensor):
+        self.model, self.vocab = model, vocab
+        self.active = image_position_table(model) is not None
+        self.prompt = image_slots(prompt_ids, vocab) if self.active else None
+        self._last = self.prompt[:, -1] if self.active else None
+
+    def append(self, ids: torch.Tensor) -> torch.Tensor | None:
+        """``[B, 1]`` slots of one appended id per row (None without a table)."""
+        if not self.active:
+            return None
+        self._last = next_image_slots(self._last, ids.view(-1), self.vocab)
+        return self._last.view(-1, 1)
+
+    def embed(self, ids: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
+        """Input embeddings of ``ids`` at ``slots`` (as given by ``prompt`` or ``append``)."""
+        if not self.active:
+            return self.model.get_input_embeddings()(ids)
+        return embed_with_positions(self.model, ids, slots)

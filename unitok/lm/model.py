@@ -25,7 +25,7 @@ from transformers import (
 
 from unitok.atomic import atomic_directory
 from unitok.errors import UserError
-from unitok.lm.image_positions import detached_image_positions, load_image_positions, save_image_positions
+from unitok.lm.image_positions import image_positions_saved_apart, load_image_positions
 from unitok.lm.text_tokenizer import check_tokenizer, extend_tokenizer, vocabulary_for
 from unitok.vocabulary import VOCABULARY_FILE, UnifiedVocabulary
 
@@ -153,9 +153,8 @@ def save_unified_lm(
     check_tokenizer(tokenizer, vocab)
     vocab.check_compatible(lm_vocab_size=model.get_input_embeddings().num_embeddings)
     with atomic_directory(out_dir) as tmp:
-        with detached_image_positions(model) as positions:
+        with image_positions_saved_apart(model, tmp):
             model.save_pretrained(tmp, safe_serialization=True)
-        save_image_positions(positions, tmp)
         tokenizer.save_pretrained(tmp)
         vocab.save(tmp)
     return Path(out_dir)
