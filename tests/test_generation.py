@@ -1,6 +1,6 @@
 """The sampler: batched classifier-free guidance, per-row seeds, restricted sampling, captioning.
 
-Models are tiny and random, built on the spot: a Llama through the LM helper's ``build_scratch_lm``
+Models are tiny and random, built on the spot (``tiny_lms``): a Llama through ``build_scratch_lm``
 (the fast ``LlamaDecoder`` path) and a Qwen2 over the same vocabulary (the generic transformers
 path). Random weights are enough: every property tested here is about the sampler, not about
 what the model learned.
@@ -8,14 +8,13 @@ what the model learned.
 
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from tiny_lms import tiny_llama, tiny_qwen
 
 from generation import llama_decoder
 from generation.decoder import CachedDecoder
 from generation.llama_decoder import LlamaDecoder
 from generation.sampler import generate_captions, sample_image_codes, stack_prompts
 from generation.token_choice import SamplingOptions, choose_tokens, guide, uniform_streams
-from unitok.lm.model import ScratchConfig, build_scratch_lm
 from unitok.lm.sequences import text_to_image_prompt, unconditional_prompt
 from unitok.lm.text_tokenizer import encode_text, train_bpe_tokenizer
 
@@ -31,20 +30,13 @@ def text_tokenizer():
 
 @pytest.fixture(scope="module")
 def llama(text_tokenizer):
-    torch.manual_seed(0)
-    config = ScratchConfig(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64,
-                           max_positions=96, tie_embeddings=False)
-    model, vocab = build_scratch_lm(text_tokenizer, CODEBOOK, GRID, config)
-    return model.eval(), vocab
+    return tiny_llama(text_tokenizer, CODEBOOK, GRID, max_positions=96, tie_embeddings=False)
 
 
 @pytest.fixture(scope="module")
 def qwen(llama):
     _, vocab = llama
-    torch.manual_seed(1)
-    config = Qwen2Config(vocab_size=vocab.size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=96)
-    return Qwen2ForCausalLM(config).eval(), vocab
+    return tiny_qwen(vocab, max_positions=96), vocab
 
 
 @pytest.fixture(params=["llama", "qwen"])

@@ -8,7 +8,8 @@ loading an LM must keep the table out of the plain transformers checkpoint yet b
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from tiny_lms import tiny_llama, tiny_qwen
+from transformers import AutoModelForCausalLM
 
 from generation.decoder import CachedDecoder
 from generation.llama_decoder import LlamaDecoder
@@ -26,7 +27,7 @@ from unitok.lm.image_positions import (
     lm_forward,
     next_image_slots,
 )
-from unitok.lm.model import ScratchConfig, build_scratch_lm, load_unified_lm, save_unified_lm
+from unitok.lm.model import load_unified_lm, save_unified_lm
 from unitok.lm.sequences import (
     captioning_example,
     captioning_prompt,
@@ -48,23 +49,17 @@ def text_tokenizer():
 
 @pytest.fixture(scope="module")
 def llama(text_tokenizer):
-    torch.manual_seed(0)
-    config = ScratchConfig(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64,
-                           max_positions=64)
-    model, vocab = build_scratch_lm(text_tokenizer, CODEBOOK, GRID, config)
+    model, vocab = tiny_llama(text_tokenizer, CODEBOOK, GRID, max_positions=64)
     torch.nn.init.normal_(attach_image_positions(model, vocab).weight, std=1.0)  # loud enough to matter
-    return model.eval(), vocab
+    return model, vocab
 
 
 @pytest.fixture(scope="module")
 def qwen(llama):
     _, vocab = llama
-    torch.manual_seed(1)
-    config = Qwen2Config(vocab_size=vocab.size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    model = Qwen2ForCausalLM(config)
+    model = tiny_qwen(vocab, max_positions=64)
     torch.nn.init.normal_(attach_image_positions(model, vocab).weight, std=1.0)
-    return model.eval(), vocab
+    return model, vocab
 
 
 def _codes(seed: int, n: int = 2) -> torch.Tensor:
