@@ -8,6 +8,8 @@ Files: a single prompt goes to ``--out FILE`` (``FILE_k.png`` for image k when `
 ``--grid``) or into ``--out DIR`` like a prompts file: ``DIR/{L:05d}.png`` or
 ``DIR/{L:05d}_{k}.png``. ``--grid`` puts a prompt's images in one file. Every path written is
 printed on stdout; blank lines of a prompts file are skipped but keep their line numbers.
+A prompt the model rewrote before drawing (``--rewrite-prompts``, the default for models trained
+to) is reported on stderr with what was drawn.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--consensus-weight", type=float, default=None, metavar="W",
                         help="when reranking, add W x log(candidates the model reads as the same caption); "
                              "0 = off (default: the model's own)")
+    parser.add_argument("--rewrite-prompts", action=argparse.BooleanOptionalAction, default=None,
+                        help="draw from the model's restatement of each prompt in its own captioning words "
+                             "(models trained with rewriting; default: the model's own)")
     add_runtime_arguments(parser, default_batch_size=8)
 
 
@@ -76,13 +82,17 @@ def run(args: argparse.Namespace) -> int:
         for start in range(0, len(jobs), per_chunk):
             chunk = jobs[start:start + per_chunk]
             generators = [torch.Generator().manual_seed(args.seed + job.line * n + k) for job in chunk for k in range(n)]
-            images = pipeline(
+            output = pipeline(
                 [job.prompt for job in chunk], num_images_per_prompt=n, guidance_scale=args.guidance,
                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, num_candidates=args.candidates,
-                consensus_weight=args.consensus_weight, generator=generators,
+                consensus_weight=args.consensus_weight, rewrite_prompts=args.rewrite_prompts, generator=generators,
                 batch_size=args.batch_size,
-            ).images
+            )
+            images = output.images
             for i, job in enumerate(chunk):
+                if output.drawn_prompts[i] != job.prompt:
+                    where = f"line {job.line + 1}: " if args.prompts_file else ""
+                    print(f"{where}drawn as {output.drawn_prompts[i]!r}", file=sys.stderr, flush=True)
                 for path in _write(images[i * n:(i + 1) * n], job, out, args.grid):
                     print(path, flush=True)
             bar.update(len(chunk))

@@ -45,7 +45,7 @@ from generation.rerank import (
     prompt_log_likelihood,
     reads_as_its_prompt,
 )
-from generation.sampler import generate_captions, sample_image_codes
+from generation.sampler import generate_captions, rewrite_prompts, sample_image_codes
 from generation.token_choice import SamplingOptions
 from tokenizer.images import pil_to_tensor, tensor_to_pil
 from tokenizer.model import VQTokenizer
@@ -59,6 +59,14 @@ from unitok.vocabulary import UnifiedVocabulary
 logger = logging.getLogger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")  # "latent": the code grids themselves, [N, h, w] long
+
+
+@dataclass
+class UniTokPipelineOutput(ImagePipelineOutput):
+    """diffusers' image output plus ``drawn_prompts``: per prompt, the text its images were drawn
+    from (the prompt itself, or the LM's rewrite of it; OpenAI's images API calls it revised_prompt)."""
+
+    drawn_prompts: list[str] | None = None
 
 
 class UniTokPipeline(DiffusionPipeline):
@@ -78,11 +86,13 @@ class UniTokPipeline(DiffusionPipeline):
         default_top_p: float | None = None,
         default_num_candidates: int = 1,
         default_consensus_weight: float = 0.0,
+        default_rewrite_prompts: bool = False,
     ):
         """``default_*``: what ``__call__`` (and so the CLI and the HTTP API) uses when the caller
         does not say. They are saved in ``model_index.json`` with the parts, because the best
         settings belong to a model: a photo model wants temperature 1, a model of an exact domain
-        such as Shapes draws its best images near greedy."""
+        such as Shapes draws its best images near greedy. ``default_rewrite_prompts`` only for an
+        LM trained on the rewriting task (``unitok.lm.sequences``)."""
         super().__init__()
         if vocabulary is None:
             raise ValueError("UniTokPipeline needs the LM's vocabulary: build it with UniTokPipeline.from_parts "
@@ -90,12 +100,13 @@ class UniTokPipeline(DiffusionPipeline):
         check_parts(vocabulary, lm, text_tokenizer, image_tokenizer)
         _scales(default_guidance_scale, 1)
         _draw_settings(default_guidance_scale, default_temperature, default_top_k, default_top_p,
-                       default_num_candidates, default_consensus_weight)
+                       default_num_candidates, default_consensus_weight, default_rewrite_prompts, vocabulary)
         self.register_modules(lm=lm, text_tokenizer=text_tokenizer, image_tokenizer=image_tokenizer)
         self.register_to_config(default_guidance_scale=float(default_guidance_scale),
                                 default_temperature=float(default_temperature), default_top_k=default_top_k,
                                 default_top_p=default_top_p, default_num_candidates=int(default_num_candidates),
-                                default_consensus_weight=float(default_consensus_weight))
+                                default_consensus_weight=float(default_consensus_weight),
+                                default_rewrite_prompts=bool(default_rewrite_prompts))
         self.vocabulary = vocabulary
 
     # -- building, saving, loading -------------------------------------------------------------
@@ -198,7 +209,8 @@ class UniTokPipeline(DiffusionPipeline):
         batch_size: int = 16,
         num_candidates: int | None = None,
         consensus_weight: float | None = None,
-    ) -> ImagePipelineOutput | tuple:
+        rewrite_prompts: bool | None = None,
+    ) -> UniTokPipelineOutput | tuple:
         """Draw ``num_images_per_prompt`` images for each prompt.
 
         ``guidance_scale``: one for all prompts or one per prompt; 1 means no guidance (and no
@@ -209,7 +221,9 @@ class UniTokPipeline(DiffusionPipeline):
         (``generation.rerank``; needs temperature > 0); ``consensus_weight`` (default: the
         model's; 0 = off) adds that weight times the log of how many candidates the LM reads as
         the same caption (each candidate is captioned for it), except for an image whose prompt
-        is word for word one of those readings. ``generator``: one for the whole call, or
+        is word for word one of those readings. ``rewrite_prompts`` (default: the model's): draw
+        (and rerank) from the LM's restatement of each prompt as a reference caption instead of the
+        prompt itself (``rewrite_prompt``); ``drawn_prompts`` in the output says what was drawn. ``generator``: one for the whole call, or
         one per image (image ``k`` of prompt ``i`` is image ``i * num_images_per_prompt + k``) to
         make each image independent of the others in the call and of ``batch_size`` (how many
         images, or candidates when reranking, share a forward pass).
@@ -223,10 +237,16 @@ class UniTokPipeline(DiffusionPipeline):
             raise UserError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if batch_size <= 0:
             raise UserError(f"batch_size must be >= 1, got {batch_size}")
-        settings = self.sampling_settings(guidance_scale, temperature, top_k, top_p, num_candidates, consensus_weight)
+        settings = self.sampling_settings(guidance_scale, temperature, top_k, top_p, num_candidates, consensus_weight,
+                                          rewrite_prompts)
         candidates = settings.num_candidates
         scales = _scales(settings.guidance_scale, len(prompts))
         text_ids = [self.encode_prompt(p) for p in prompts]
+        if settings.rewrite_prompts:
+            text_ids = self._rewritten_ids(text_ids, batch_size)
+            drawn_prompts = [decode_text(self.text_tokenizer, ids) for ids in text_ids]
+        else:
+            drawn_prompts = prompts
         # One row per image (per candidate of an image when reranking); chunks of rows share a forward pass.
         images_count = len(prompts) * num_images_per_prompt
         generators = _per_row(generator, images_count)
@@ -262,7 +282,7 @@ class UniTokPipeline(DiffusionPipeline):
             best = scores.view(images_count, candidates).argmax(dim=1).to(codes.device)
             codes = codes.view(images_count, candidates, *codes.shape[1:])[torch.arange(images_count), best]
         images = codes if output_type == "latent" else self.decode_codes(codes, output_type)
-        return ImagePipelineOutput(images=images) if return_dict else (images,)
+        return UniTokPipelineOutput(images=images, drawn_prompts=drawn_prompts) if return_dict else (images,)
 
     def sampling_settings(
         self,
@@ -272,6 +292,7 @@ class UniTokPipeline(DiffusionPipeline):
         top_p: float | None = None,
         num_candidates: int | None = None,
         consensus_weight: float | None = None,
+        rewrite_prompts: bool | None = None,
     ) -> DrawSettings:
         """The settings a drawing call uses: the arguments given, the model's defaults for the
         rest (checked: a ``UserError`` names what is wrong)."""
@@ -285,7 +306,9 @@ class UniTokPipeline(DiffusionPipeline):
                               given_or_default(top_k, config.default_top_k),
                               given_or_default(top_p, config.default_top_p),
                               given_or_default(num_candidates, config.default_num_candidates),
-                              given_or_default(consensus_weight, config.default_consensus_weight))
+                              given_or_default(consensus_weight, config.default_consensus_weight),
+                              given_or_default(rewrite_prompts, config.default_rewrite_prompts),
+                              self.vocabulary)
 
     def _image_segment_length(self) -> int:
         """Positions of ``[bos] <|boi|> codes <|eoi|>``, the start of a captioning sequence."""
@@ -296,21 +319,50 @@ class UniTokPipeline(DiffusionPipeline):
         limit = context_length(self.lm)
         return 64 if limit is None else max(1, min(64, limit - self._image_segment_length()))
 
-    def encode_prompt(self, prompt: str) -> list[int]:
-        """Prompt text -> text ids, checked to fit the LM's context with a whole image beside it.
+    @torch.inference_mode()
+    def rewrite_prompt(self, prompt: str | Sequence[str], batch_size: int = 16) -> list[str]:
+        """Each prompt as the LM restates it: the reference caption of the scene it describes.
+
+        An LM trained with rewriting (``unitok.lm.sequences``) reads any phrasing but captions, and
+        so judges reranking candidates, in one phrasing; drawing from that phrasing puts every
+        prompt where the judge is sharpest. A prompt is kept as it is where the LM's restatement
+        does not end within the room a prompt has next to an image.
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        rewritten = self._rewritten_ids([self.encode_prompt(p) for p in prompts], batch_size)
+        return [decode_text(self.text_tokenizer, ids) for ids in rewritten]
+
+    def _rewritten_ids(self, text_ids: list[list[int]], batch_size: int) -> list[list[int]]:
+        _check_can_rewrite(self.vocabulary)
+        room = self._prompt_room()
+        max_new = 64 if room is None else max(1, min(64, room))
+        rewritten = []
+        for start in range(0, len(text_ids), batch_size):
+            chunk = text_ids[start : start + batch_size]
+            for original, ids in zip(chunk, rewrite_prompts(self.lm, self.vocabulary, chunk, max_new_tokens=max_new),
+                                     strict=True):
+                rewritten.append(ids if ids else original)
+        return rewritten
+
+    def _prompt_room(self) -> int | None:
+        """Prompt tokens that fit the context next to a whole image (None: no known limit).
 
         The longest sequence a prompt takes part in is reranking's captioning sequence
         ``[bos] <|boi|> codes <|eoi|> prompt <eos>`` (drawing's ``[bos] prompt <|boi|> codes
-        <|eoi|>`` is one shorter), so that is the one checked: every setting fits the same prompts.
+        <|eoi|>`` is one shorter), so that is the one counted: every setting fits the same prompts.
         """
-        ids = encode_text(self.text_tokenizer, prompt)
         limit = context_length(self.lm)
-        needed = self._image_segment_length() + len(ids) + 1  # + <eos>
-        if limit is not None and needed > limit:
-            room = len(ids) - (needed - limit)
-            raise UserError(f"prompt is too long: {len(ids)} tokens, but the model's context of {limit} positions "
-                            f"leaves room for {max(room, 0)} prompt tokens next to an image "
-                            f"({self.vocabulary.tokens_per_image} codes): {prompt[:60]!r}")
+        return None if limit is None else limit - self._image_segment_length() - 1  # - <eos>
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """Prompt text -> text ids, checked to fit the LM's context with a whole image beside it
+        (``_prompt_room``)."""
+        ids = encode_text(self.text_tokenizer, prompt)
+        room = self._prompt_room()
+        if room is not None and len(ids) > room:
+            raise UserError(f"prompt is too long: {len(ids)} tokens, but the model's context of "
+                            f"{context_length(self.lm)} positions leaves room for {max(room, 0)} prompt tokens next "
+                            f"to an image ({self.vocabulary.tokens_per_image} codes): {prompt[:60]!r}")
         return ids
 
     def decode_codes(self, codes: torch.Tensor, output_type: str = "pil") -> list[Image.Image] | np.ndarray | torch.Tensor:
@@ -406,13 +458,18 @@ class DrawSettings:
     guidance_scale: float | Sequence[float]
     num_candidates: int
     consensus_weight: float  # used only when reranking (num_candidates > 1)
+    rewrite_prompts: bool
 
 
 def _draw_settings(
     guidance_scale: float | Sequence[float], temperature: float, top_k: int | None, top_p: float | None,
-    num_candidates: int, consensus_weight: float,
+    num_candidates: int, consensus_weight: float, rewrite_prompts: bool, vocabulary: UnifiedVocabulary,
 ) -> DrawSettings:
     options = _options(temperature, top_k, top_p)
+    if not isinstance(rewrite_prompts, bool):
+        raise UserError(f"rewrite_prompts must be True or False, got {rewrite_prompts!r}")
+    if rewrite_prompts:
+        _check_can_rewrite(vocabulary)
     if not (isinstance(consensus_weight, int | float) and math.isfinite(consensus_weight) and consensus_weight >= 0):
         raise UserError(f"consensus_weight must be a finite number >= 0, got {consensus_weight!r}")
     if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 1:
@@ -420,7 +477,13 @@ def _draw_settings(
     if num_candidates > 1 and options.greedy:
         raise UserError(f"{num_candidates} candidates per image need sampling (temperature > 0): greedy decoding "
                         "draws the same candidate every time")
-    return DrawSettings(options, guidance_scale, num_candidates, float(consensus_weight))
+    return DrawSettings(options, guidance_scale, num_candidates, float(consensus_weight), rewrite_prompts)
+
+
+def _check_can_rewrite(vocabulary: UnifiedVocabulary) -> None:
+    if not vocabulary.can_rewrite:
+        raise UserError("this model cannot rewrite prompts: its vocabulary has no <|rewrite|> token "
+                        "(an LM built before rewriting existed); draw without rewriting")
 
 
 def _scales(guidance_scale: float | Sequence[float], num_prompts: int) -> list[float]:

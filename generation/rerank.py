@@ -22,6 +22,11 @@ A prompt that is word for word what the model writes for one of the image's cand
 captioner's own language, where its likelihood is the sharper judge: such an image is reranked by
 likelihood alone (on those selection scenes: 96 % of canonical prompts picked right, 92 % with
 the consensus term; paraphrases are never anyone's reading and keep it, 81 %).
+
+Rewriting. A model trained with the rewriting task (``unitok.lm.sequences``) restates each prompt
+in the captioner's own words before drawing (``UniTokPipeline.rewrite_prompt``), so the prompt that
+reaches this judge is nearly always one it reads well: the default then picks right for 91.7 % of
+paraphrased prompts on the 300 report scenes, against 76.7 % for the same LM without rewriting.
 """
 
 from __future__ import annotations

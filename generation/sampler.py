@@ -1,4 +1,5 @@
-"""Autoregressive sampling of image codes (text-to-image with batched CFG) and of captions.
+"""Autoregressive sampling of image codes (text-to-image with batched CFG), of captions and of
+prompt rewrites.
 
 Rows and seeds. ``sample_image_codes`` makes ``len(prompts) * num_images_per_prompt`` images;
 image ``k`` of prompt ``i`` is row ``i * num_images_per_prompt + k``. Pass one generator per
@@ -25,7 +26,13 @@ from transformers import PreTrainedModel
 from generation import llama_decoder
 from generation.decoder import CachedDecoder
 from generation.token_choice import SamplingOptions, choose_tokens, guide, uniform_streams
-from unitok.lm.sequences import Prompt, captioning_prompt, text_to_image_prompt, unconditional_prompt
+from unitok.lm.sequences import (
+    Prompt,
+    captioning_prompt,
+    rewriting_prompt,
+    text_to_image_prompt,
+    unconditional_prompt,
+)
 from unitok.vocabulary import UnifiedVocabulary
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
@@ -135,10 +142,32 @@ def generate_captions(
     Decoding is restricted to text ids, greedy by default, and stops at EOS or after
     ``max_new_tokens`` tokens. Rows that have finished are fed EOS until the batch is done.
     """
+    captions, _ = _generate_text(model, vocab, captioning_prompt(codes.cpu(), vocab), max_new_tokens, options,
+                                 generator, progress)
+    return captions
+
+
+@torch.inference_mode()
+def rewrite_prompts(
+    model: PreTrainedModel, vocab: UnifiedVocabulary, text_ids: Sequence[Sequence[int]], *, max_new_tokens: int = 64
+) -> list[list[int] | None]:
+    """Greedy rewrites ``[bos] prompt <|rewrite|> ...`` of prompts' text ids (``unitok.lm.sequences``):
+    the reference caption the LM restates each prompt as, without EOS; None for a row that did not
+    reach EOS within ``max_new_tokens`` (an unfinished rewrite is no caption)."""
+    rewrites, finished = _generate_text(model, vocab, rewriting_prompt(text_ids, vocab), max_new_tokens, GREEDY,
+                                        None, None)
+    return [ids if done else None for ids, done in zip(rewrites, finished, strict=True)]
+
+
+def _generate_text(
+    model: PreTrainedModel, vocab: UnifiedVocabulary, prompt: Prompt, max_new_tokens: int, options: SamplingOptions,
+    generator: Generators, progress: Progress | None,
+) -> tuple[list[list[int]], list[bool]]:
+    """Text ids decoded after each prompt row (without EOS), and whether each row reached EOS."""
     if max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    rows = codes.shape[0]
-    decoder = open_decoder(model, vocab, captioning_prompt(codes.cpu(), vocab), range(vocab.text_size), max_new_tokens)
+    rows = prompt.input_ids.shape[0]
+    decoder = open_decoder(model, vocab, prompt, range(vocab.text_size), max_new_tokens)
     uniforms = uniform_streams(generator, rows, max_new_tokens, model.device)
     tokens = torch.full((rows, max_new_tokens), vocab.eos_id, dtype=torch.long, device=model.device)
     finished = torch.zeros(rows, dtype=torch.bool, device=model.device)
@@ -152,7 +181,7 @@ def generate_captions(
         if bool(finished.all()) or t + 1 == max_new_tokens:
             break
         logits = decoder.step(chosen)
-    return [_until_eos(row, vocab.eos_id) for row in tokens.tolist()]
+    return [_until_eos(row, vocab.eos_id) for row in tokens.tolist()], finished.tolist()
 
 
 def _until_eos(ids: list[int], eos_id: int) -> list[int]:

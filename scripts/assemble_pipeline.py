@@ -6,7 +6,7 @@
 ``unitok_vocabulary.json``), ``TOKENIZER_DIR`` an image tokenizer folder (``unitok tokenizer
 export``). The parts are checked against the vocabulary, then written with ``save_pretrained``
 (atomically). ``--fp16`` stores the LM weights in half precision to halve the folder; loading
-brings them back to fp32 on CPU. ``--guidance``, ``--temperature``, ``--top-k``, ``--top-p``, ``--candidates``, ``--consensus-weight`` set the
+brings them back to fp32 on CPU. ``--guidance``, ``--temperature``, ``--top-k``, ``--top-p``, ``--candidates``, ``--consensus-weight``, ``--rewrite-prompts`` set the
 sampling defaults the pipeline saves with it (used by ``unitok generate``, the HTTP API and
 ``unitok eval`` when not given there). For the embedded default, ``OUT_DIR`` is
 ``unitok/assets/unitok-shapes``.
@@ -38,12 +38,15 @@ def main() -> int:
                         help="default candidates per image, reranked by the model's own captioning (default 1)")
     parser.add_argument("--consensus-weight", type=float, default=0.0,
                         help="default weight of the candidates' agreement in reranking (generation.rerank; default 0)")
+    parser.add_argument("--rewrite-prompts", action="store_true",
+                        help="rewrite prompts before drawing by default (an LM trained with the rewriting task)")
     args = parser.parse_args()
     try:
         pipeline = UniTokPipeline.from_parts(args.lm_dir, args.tokenizer_dir, default_guidance_scale=args.guidance,
                                              default_temperature=args.temperature, default_top_k=args.top_k,
                                              default_top_p=args.top_p, default_num_candidates=args.candidates,
-                                             default_consensus_weight=args.consensus_weight)
+                                             default_consensus_weight=args.consensus_weight,
+                                             default_rewrite_prompts=args.rewrite_prompts)
         if args.fp16:
             pipeline.lm.to(torch.float16)
         pipeline.save_pretrained(args.out_dir)

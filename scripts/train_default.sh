@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the embedded default model (UniTok-Shapes) from nothing, deterministically for a seed:
-# Shapes shards -> shapes64 image tokenizer -> code shards -> shapes-tiny LM -> export -> pipeline
+# Shapes shards -> shapes64 image tokenizer -> code shards -> shapes-tiny LM -> prompt rewriting
+# (a short second LM stage) -> export -> pipeline
 # in unitok/assets/unitok-shapes -> evaluation report.
 #
 #   bash scripts/train_default.sh            # SEED=0, runs in ./data and ./runs
@@ -33,9 +34,13 @@ stage() { echo "== $(date +%H:%M:%S) $*"; }
   $UNITOK lm fit --config configs/lm/shapes-tiny.yaml --seed_everything "$SEED"; \
   $UNITOK lm export runs/shapes-tiny/checkpoints/last.ckpt runs/shapes-tiny/export; }
 
+[ -f runs/shapes-tiny-rewrite/export/config.json ] || { stage "prompt rewriting (shapes-tiny-rewrite)"; \
+  $UNITOK lm fit --config configs/lm/shapes-tiny-rewrite.yaml --seed_everything "$SEED"; \
+  $UNITOK lm export runs/shapes-tiny-rewrite/checkpoints/last.ckpt runs/shapes-tiny-rewrite/export; }
+
 stage "pipeline -> $ASSET"
 # Sampling defaults picked on held-out scenes the report does not use (README: "Sampling defaults").
-$PY scripts/assemble_pipeline.py runs/shapes-tiny/export runs/shapes64/export "$ASSET" --fp16 --guidance 1 --temperature 0.7 --candidates 16 --consensus-weight 4
+$PY scripts/assemble_pipeline.py runs/shapes-tiny-rewrite/export runs/shapes64/export "$ASSET" --fp16 --guidance 1 --temperature 0.7 --candidates 16 --consensus-weight 4 --rewrite-prompts
 
 stage "evaluation"
 $UNITOK eval shapes --model "$ASSET" --out runs/eval-shapes

@@ -132,6 +132,7 @@ def test_generation_returns_seeded_pngs_independent_of_the_batch(client, backend
     assert response.status_code == 200, response.text
     data = response.json()["data"]
     assert [d["seed"] for d in data] == [7, 8]
+    assert [d["revised_prompt"] for d in data] == ["a red circle"] * 2  # this model does not rewrite
     images = [Image.open(io.BytesIO(base64.b64decode(d["b64_json"]))) for d in data]
     assert all(im.format == "PNG" and im.size == (32, 32) for im in images)
     assert images[0].tobytes() != images[1].tobytes()
@@ -144,6 +145,24 @@ def test_generation_returns_seeded_pngs_independent_of_the_batch(client, backend
     # Without a seed the server picks one and reports it.
     unseeded = client.post("/v1/images/generations", json={"prompt": "a blue square"}).json()["data"][0]
     assert isinstance(unseeded["seed"], int)
+
+
+def test_a_model_that_rewrites_prompts_reports_what_it_drew(client, backend, monkeypatch):
+    import generation.pipeline as pipeline_module
+    from unitok.lm.text_tokenizer import encode_text
+
+    restated = "a large blue square at the top left on a white background"
+    ids = encode_text(backend.pipeline.text_tokenizer, restated)
+    monkeypatch.setattr(pipeline_module, "rewrite_prompts", lambda lm, vocab, text_ids, max_new_tokens: [ids] * len(text_ids))
+    backend.pipeline.register_to_config(default_rewrite_prompts=True)
+    try:
+        data = client.post("/v1/images/generations", json={"prompt": "a big blue square, upper left", "seed": 3,
+                                                           "guidance_scale": 2.0}).json()["data"]
+    finally:
+        backend.pipeline.register_to_config(default_rewrite_prompts=False)
+    assert data[0]["revised_prompt"] == restated
+    direct = backend.pipeline(restated, guidance_scale=2.0, generator=torch.Generator().manual_seed(3)).images[0]
+    assert Image.open(io.BytesIO(base64.b64decode(data[0]["b64_json"]))).tobytes() == direct.tobytes()
 
 
 def test_concurrent_requests_are_batched_and_match_serial_captions(url, client):

@@ -93,6 +93,27 @@ def test_reranking_flags_reach_the_pipeline(capsys, model_dir, tmp_path):
     np.testing.assert_array_equal(pixels(written[0]), np.asarray(expected))
 
 
+def test_rewriting_flag_reaches_the_pipeline_and_the_drawn_prompt_is_reported(capsys, model_dir, tmp_path,
+                                                                               monkeypatch):
+    import generation.pipeline as pipeline_module
+    from unitok.lm.text_tokenizer import encode_text
+
+    def restate_the_second_line(lm, vocab, text_ids, max_new_tokens):
+        return [None, encode_text(tokenizer, "a small red circle at the top on a white background")][: len(text_ids)]
+
+    tokenizer = pipeline_module.UniTokPipeline.from_pretrained(model_dir).text_tokenizer
+    monkeypatch.setattr(pipeline_module, "rewrite_prompts", restate_the_second_line)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na tiny red circle up top, white background\n")
+    assert main(["generate", "--prompts-file", str(prompts), "--rewrite-prompts", "--out", str(tmp_path / "out"),
+                 "--model", str(model_dir), "--no-progress"]) == 0
+    reported = [line for line in capsys.readouterr().err.splitlines() if "drawn as" in line]
+    assert reported == ["line 2: drawn as 'a small red circle at the top on a white background'"]
+    assert main(["generate", "--prompts-file", str(prompts), "--no-rewrite-prompts", "--out", str(tmp_path / "o2"),
+                 "--model", str(model_dir), "--no-progress"]) == 0
+    assert "drawn as" not in capsys.readouterr().err
+
+
 def test_caption_prints_one_caption_per_image(capsys, model_dir, tmp_path):
     images = generate(capsys, model_dir, "a red circle", "-n", "3", "--out", str(tmp_path / "x.png"))
     assert main(["caption", *map(str, images), "--model", str(model_dir), "--max-new-tokens", "5"]) == 0

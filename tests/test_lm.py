@@ -4,17 +4,21 @@ Everything is tiny and built on the spot: BPE tokenizers trained on a few Shapes
 Llama/Qwen2/GPT-2 models saved as "hub" folders, code shards written with ShardWriter.
 """
 
+import dataclasses
 import json
 import random
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
 from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
     GPT2Config,
     GPT2LMHeadModel,
     LlamaConfig,
@@ -31,7 +35,7 @@ from unitok.errors import UserError
 from unitok.lm import training as lm_training
 from unitok.lm.data import CodeShardDataModule
 from unitok.lm.image_positions import ATTRIBUTE, image_position_table, lm_forward
-from unitok.lm.model import build_pretrained_lm, load_unified_lm, save_unified_lm
+from unitok.lm.model import build_pretrained_lm, load_unified_lm, resize_embeddings, save_unified_lm
 from unitok.lm.module import UnifiedLMModule
 from unitok.lm.sequences import (
     IGNORE,
@@ -40,6 +44,9 @@ from unitok.lm.sequences import (
     captioning_example,
     captioning_prompt,
     collate,
+    next_token_losses,
+    rewriting_example,
+    rewriting_prompt,
     sample_example,
     text_to_image_example,
     text_to_image_prompt,
@@ -127,6 +134,11 @@ def test_training_sequences_put_the_loss_on_the_generated_part(vocab):
     assert cap.labels == [IGNORE] * 9 + [10, 11, vocab.eos_id]
     assert TASKS[cap.task] == "captioning"
 
+    rewrite = rewriting_example([20, 21, 22], [10, 11], vocab)
+    assert rewrite.input_ids == [2, 20, 21, 22, vocab.rewrite_id, 10, 11, vocab.eos_id]
+    assert rewrite.labels == [IGNORE] * 5 + [10, 11, vocab.eos_id]
+    assert TASKS[rewrite.task] == "rewriting"
+
 
 def test_no_bos_when_the_vocabulary_has_none():
     vocab = UnifiedVocabulary(text_size=50, codebook_size=CODEBOOK, grid=GRID, eos_id=0, pad_id=0)
@@ -156,6 +168,12 @@ def test_generation_prompts_are_prefixes_of_training_sequences(vocab):
     uncond = unconditional_prompt(3, vocab)
     assert uncond.input_ids.tolist() == [[2, vocab.uncond_id, vocab.boi_id]] * 3
 
+    prompt = rewriting_prompt(captions, vocab)
+    for row, caption in enumerate(captions):
+        real = prompt.input_ids[row][prompt.attention_mask[row].bool()].tolist()
+        assert real == rewriting_example(caption, [10], vocab).input_ids[: len(real)]
+        assert real[-1] == vocab.rewrite_id
+
 
 def test_task_mix_draws_tasks_caption_dropout_and_paraphrases(vocab):
     codes = torch.zeros(GRID, dtype=torch.long)
@@ -172,6 +190,26 @@ def test_task_mix_draws_tasks_caption_dropout_and_paraphrases(vocab):
     assert all(e.labels[-2] == 10 for e in captioning)  # captioning always targets the reference
     with pytest.raises(ValueError, match="probability"):
         TaskMix(caption_dropout=1.5)
+
+
+def test_task_mix_draws_rewriting_from_paraphrases_and_the_reference(vocab):
+    codes = torch.zeros(GRID, dtype=torch.long)
+    caption, paraphrases = [10], [[20], [21]]
+    rng = random.Random(0)
+    mix = TaskMix(text_to_image=0.6, rewriting=0.1)
+    drawn = [sample_example(codes, caption, paraphrases, vocab, mix, rng) for _ in range(6000)]
+    tasks = [TASKS[e.task] for e in drawn]
+    assert 0.08 < tasks.count("rewriting") / len(drawn) < 0.12
+    assert 0.27 < tasks.count("captioning") / len(drawn) < 0.33
+    rewrites = [e for e in drawn if TASKS[e.task] == "rewriting"]
+    assert all(e.labels[-2:] == [10, vocab.eos_id] for e in rewrites)  # always restates as the reference
+    sources = [e.input_ids[1] for e in rewrites]
+    assert {20, 21, 10} == set(sources) and 0.25 < sources.count(10) / len(sources) < 0.42  # 1 in 3
+    # Samples without paraphrases have nothing to rewrite: those draws caption instead.
+    alone = [TASKS[sample_example(codes, caption, [], vocab, mix, rng).task] for _ in range(500)]
+    assert "rewriting" not in alone
+    with pytest.raises(ValueError, match="at most 1"):
+        TaskMix(text_to_image=0.8, rewriting=0.3)
 
 
 def test_collate_right_pads_with_no_loss_on_padding(vocab):
@@ -205,6 +243,24 @@ def test_bpe_tokenizer_names_every_id_of_the_layout():
         extend_tokenizer(tokenizer, vocab)
 
 
+def test_loss_averages_one_token_mean_per_target_modality(tmp_path):
+    save_tiny_hub_model("llama", tmp_path / "hub")
+    module = UnifiedLMModule(pretrained=str(tmp_path / "hub"), codebook_size=CODEBOOK, grid=GRID, warmup_steps=1)
+    vocab, codes = module.vocabulary, torch.arange(6).view(GRID)
+    examples = [text_to_image_example([10, 11], codes, vocab), captioning_example(codes, [12, 13, 14], vocab),
+                rewriting_example([15, 16], [12, 13, 14, 17, 18], vocab)]
+    batch = collate(examples, vocab)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log outside a Trainer warns and logs nothing
+        loss = module._step(batch, "val")
+        logits = lm_forward(module.model, vocab, batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    token_loss, targets = next_token_losses(logits, batch["labels"])
+    counted = targets != IGNORE
+    image_mean = token_loss[0][counted[0]].mean()
+    text_mean = token_loss[1:][counted[1:]].mean()  # captioning and rewriting tokens pooled
+    torch.testing.assert_close(loss, (image_mean + text_mean) / 2)
+
+
 # -- three HF families: extend and train -----------------------------------------------------
 
 
@@ -233,6 +289,35 @@ def test_hf_family_extends_its_vocabulary_and_trains(family, tmp_path):
     assert trainer.global_step == 2
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
     assert not torch.equal(before, model.get_input_embeddings().weight[vocab.image_offset:].detach())
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])  # untied and tied output heads
+def test_an_export_saved_before_rewrite_gains_its_row_and_keeps_what_it_learned(family, tmp_path):
+    save_tiny_hub_model(family, tmp_path / "hub")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hub")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "hub")
+    old_vocab = dataclasses.replace(vocabulary_for(tokenizer, CODEBOOK, GRID), special_names=("boi", "eoi", "uncond"))
+    extend_tokenizer(tokenizer, old_vocab)
+    resize_embeddings(model, old_vocab)
+    save_unified_lm(model, tokenizer, old_vocab, tmp_path / "old")
+
+    old_model, old_tokenizer, _ = load_unified_lm(tmp_path / "old")
+    model, tokenizer, vocab = build_pretrained_lm(str(tmp_path / "old"), CODEBOOK, GRID)
+    assert vocab.can_rewrite and vocab.image_offset == old_vocab.image_offset + 1
+    assert tokenizer.convert_ids_to_tokens([vocab.rewrite_id, vocab.image_offset]) == ["<|rewrite|>", "<|img_0|>"]
+    caption = "a small red circle at the top"
+    assert encode_text(tokenizer, caption) == encode_text(old_tokenizer, caption)
+    codes = torch.randint(0, CODEBOOK, GRID, generator=torch.Generator().manual_seed(0))
+    model.eval()
+    for make in (lambda v, t: text_to_image_example(encode_text(t, caption), codes, v),
+                 lambda v, t: captioning_example(codes, encode_text(t, caption), v)):
+        with torch.no_grad():
+            before = old_model(torch.tensor([make(old_vocab, old_tokenizer).input_ids])).logits[0]
+            after = model(torch.tensor([make(vocab, tokenizer).input_ids])).logits[0]
+        without_new_row = torch.cat([after[:, : vocab.rewrite_id], after[:, vocab.rewrite_id + 1 :]], dim=1)
+        torch.testing.assert_close(without_new_row, before)
+    save_unified_lm(model, tokenizer, vocab, tmp_path / "new")  # checks every id is named where the layout says
+    assert load_unified_lm(tmp_path / "new")[2] == vocab
 
 
 def test_a_unitok_folder_is_reloaded_as_it_is(tmp_path):

@@ -1,8 +1,9 @@
-"""A tiny unified LM memorises 16 (caption, codes) pairs in both directions.
+"""A tiny unified LM memorises 16 (caption, codes) pairs in both directions, and its rewrites.
 
 The whole training stack runs (code shards -> DataModule -> LightningModule -> Trainer); then
-greedy text-to-image must reproduce every pair's codes and greedy captioning every caption. If
-the sequence formats, labels, masks or prompts disagree anywhere, this fails.
+greedy text-to-image must reproduce every pair's codes, greedy captioning every caption, and the
+generation sampler's rewriting must restate a paraphrase of every pair as its caption. If the
+sequence formats, labels, masks or prompts disagree anywhere, this fails.
 """
 
 import lightning as L
@@ -11,6 +12,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
+from generation.sampler import rewrite_prompts
 from unitok.data import shapes
 from unitok.data.shards import ShardWriter
 from unitok.lm.data import CodeShardDataModule
@@ -22,16 +24,17 @@ from unitok.lm.text_tokenizer import decode_text, encode_text
 GRID, CODEBOOK, PAIRS = (4, 4), 64, 16
 
 
-def write_pairs(out_dir) -> tuple[list[str], torch.Tensor]:
+def write_pairs(out_dir) -> tuple[list[str], list[list[str]], torch.Tensor]:
     rng = np.random.default_rng(0)
-    captions, codes = [], rng.integers(0, CODEBOOK, (PAIRS, *GRID))
+    captions, paraphrases, codes = [], [], rng.integers(0, CODEBOOK, (PAIRS, *GRID))
     with ShardWriter(out_dir, prefix="codes") as writer:
         for index in range(PAIRS):
             scene = shapes.random_scene(rng)
             captions.append(shapes.canonical_caption(scene))
+            paraphrases.append([shapes.paraphrase(scene, rng) for _ in range(2)])
             writer.write({"__key__": f"{index:04d}", "codes.npy": codes[index].astype(np.int16),
-                          "txt": captions[-1], "json": {"scene": scene.to_dict()}})
-    return captions, torch.from_numpy(codes)
+                          "txt": captions[-1], "json": {"scene": scene.to_dict(), "paraphrases": paraphrases[-1]}})
+    return captions, paraphrases, torch.from_numpy(codes)
 
 
 @torch.no_grad()
@@ -60,8 +63,8 @@ def one_thread():
 
 
 @pytest.mark.slow
-def test_tiny_lm_overfits_both_directions(tmp_path, one_thread):
-    captions, codes = write_pairs(tmp_path / "train")
+def test_tiny_lm_overfits_both_directions_and_rewrites(tmp_path, one_thread):
+    captions, paraphrases, codes = write_pairs(tmp_path / "train")
     L.seed_everything(0)
     module = UnifiedLMModule(
         tokenizer_captions=str(tmp_path / "train"), bpe_vocab_size=384, codebook_size=CODEBOOK, grid=GRID,
@@ -69,7 +72,8 @@ def test_tiny_lm_overfits_both_directions(tmp_path, one_thread):
         learning_rate=3e-3, warmup_steps=20, weight_decay=0.0,
     )
     data = CodeShardDataModule(train_shards=str(tmp_path / "train"), batch_size=32, samples_per_epoch=320,
-                               num_workers=0, shuffle_buffer=PAIRS)
+                               num_workers=0, shuffle_buffer=PAIRS, text_to_image=0.4, rewriting=0.3,
+                               paraphrase=0.0)
     trainer = L.Trainer(max_steps=250, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, data)
@@ -83,3 +87,6 @@ def test_tiny_lm_overfits_both_directions(tmp_path, one_thread):
     texts = [decode_text(tokenizer, row[: row.index(vocab.eos_id)] if vocab.eos_id in row else row)
              for row in written.tolist()]
     assert texts == captions
+
+    restated = rewrite_prompts(model, vocab, [encode_text(tokenizer, p[0]) for p in paraphrases], max_new_tokens=80)
+    assert [decode_text(tokenizer, ids) for ids in restated] == captions

@@ -280,3 +280,61 @@ def test_prompt_log_likelihood_is_the_captioning_log_probability(pipe):
         start = len(sequence) - len(ids) - 1
         expected = sum(log_probs[t - 1, sequence[t]] for t in range(start, len(sequence)))
         torch.testing.assert_close(score, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_rewriting_draws_and_reranks_from_the_lms_restatement_of_each_prompt(pipe, monkeypatch):
+    import generation.pipeline as pipeline_module
+    from unitok.lm.text_tokenizer import encode_text
+
+    restatement = encode_text(pipe.text_tokenizer, "a large red circle at the top on a black background")
+    asked = []
+
+    def fake_rewrites(lm, vocab, text_ids, max_new_tokens):  # the first prompt restated, the second unfinished
+        asked.append((list(map(list, text_ids)), max_new_tokens))
+        return [restatement, None][: len(text_ids)]
+
+    monkeypatch.setattr(pipeline_module, "rewrite_prompts", fake_rewrites)
+    settings = dict(temperature=1.0, guidance_scale=1.0, num_candidates=3, output_type="latent")
+    rewritten = pipe(PROMPTS, rewrite_prompts=True, generator=seeded(2), **settings)
+    assert asked == [([pipe.encode_prompt(p) for p in PROMPTS], 45)]  # the room a prompt has next to an image
+    assert rewritten.drawn_prompts == ["a large red circle at the top on a black background", PROMPTS[1]]
+    plain = pipe([rewritten.drawn_prompts[0], PROMPTS[1]], generator=seeded(2), **settings)
+    assert torch.equal(rewritten.images, plain.images) and plain.drawn_prompts == [rewritten.drawn_prompts[0], PROMPTS[1]]
+    assert pipe.rewrite_prompt(PROMPTS[0]) == [rewritten.drawn_prompts[0]]
+
+
+def test_rewriting_is_a_saved_default_and_needs_a_vocabulary_that_has_it(pipe, tmp_path, monkeypatch):
+    import dataclasses
+
+    save_unified_lm(pipe.lm, pipe.text_tokenizer, pipe.vocabulary, tmp_path / "lm")
+    pipe.image_tokenizer.save_pretrained(tmp_path / "image_tokenizer")
+    UniTokPipeline.from_parts(tmp_path / "lm", tmp_path / "image_tokenizer",
+                              default_rewrite_prompts=True).save_pretrained(tmp_path / "rewriting")
+    loaded = UniTokPipeline.from_pretrained(tmp_path / "rewriting")
+    assert loaded.sampling_settings().rewrite_prompts and not loaded.sampling_settings(rewrite_prompts=False).rewrite_prompts
+    assert not pipe.sampling_settings().rewrite_prompts
+    with pytest.raises(UserError, match="True or False"):
+        pipe.sampling_settings(rewrite_prompts="yes")
+
+    older = dataclasses.replace(pipe.vocabulary, special_names=("boi", "eoi", "uncond"))
+    monkeypatch.setattr(pipe, "vocabulary", older)
+    with pytest.raises(UserError, match="cannot rewrite prompts"):
+        pipe(PROMPTS[0], rewrite_prompts=True)
+    with pytest.raises(UserError, match="cannot rewrite prompts"):
+        pipe.rewrite_prompt(PROMPTS[0])
+
+
+def test_rewrite_prompts_tells_a_finished_rewrite_from_one_cut_at_the_limit(pipe):
+    import copy
+
+    from generation.sampler import rewrite_prompts
+
+    text_ids = [pipe.encode_prompt(p) for p in PROMPTS]
+    lm = copy.deepcopy(pipe.lm)
+    lm.lm_head.bias = torch.nn.Parameter(torch.zeros(lm.lm_head.out_features))
+    with torch.no_grad():
+        lm.lm_head.bias[pipe.vocabulary.eos_id] = 1e4  # EOS first: finished, empty
+    assert rewrite_prompts(lm, pipe.vocabulary, text_ids, max_new_tokens=5) == [[], []]
+    with torch.no_grad():
+        lm.lm_head.bias[pipe.vocabulary.eos_id] = -1e4  # never EOS: cut at the limit
+    assert rewrite_prompts(lm, pipe.vocabulary, text_ids, max_new_tokens=5) == [None, None]

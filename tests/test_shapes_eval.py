@@ -17,14 +17,21 @@ def perfect_caption(images):
 
 
 def test_a_perfect_model_scores_100_percent(tmp_path):
-    evaluation = evaluate_shapes(perfect_generate, perfect_caption, num_scenes=40, batch_size=16, progress=False)
+    def perfect_rewrite(prompts):
+        return [shapes.canonical_caption(shapes.parse_caption(p)) for p in prompts]
+
+    evaluation = evaluate_shapes(perfect_generate, perfect_caption, num_scenes=40, batch_size=16, progress=False,
+                                 rewrite=perfect_rewrite)
     scores = evaluation.as_dict()
-    for task in ("text_to_image_canonical", "text_to_image_paraphrased", "captioning", "round_trip"):
+    for task in ("text_to_image_canonical", "text_to_image_paraphrased", "captioning", "round_trip",
+                 "rewriting_paraphrased"):
         assert scores[task]["n"] == 40
         assert scores[task]["exact"] == 1.0
     paths = write_report(evaluation, tmp_path)
     assert json.loads(paths["json"].read_text())["captioning"]["exact"] == 1.0
-    assert "| captioning" in paths["markdown"].read_text()
+    assert "| captioning" in paths["markdown"].read_text() and "| rewriting" in paths["markdown"].read_text()
+    assert "rewriting_paraphrased" not in evaluate_shapes(perfect_generate, perfect_caption, num_scenes=2,
+                                                          progress=False).as_dict()
     assert Image.open(paths["grid"]).size[0] > 0
 
 
@@ -81,6 +88,11 @@ def test_eval_command_reports_with_the_models_own_sampling_defaults(tmp_path):
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert (report["settings"]["temperature"], report["settings"]["guidance"]) == (0.0, 2.0)
     assert report["text_to_image_canonical"]["n"] == report["captioning"]["n"] == 4
+    assert report["settings"]["rewrite_prompts"] is False and "rewriting_paraphrased" not in report
+    assert main(["eval", "shapes", "--model", str(tmp_path / "pipe"), "--num", "2", "--rewrite-prompts",
+                 "--out", str(tmp_path / "eval-rewrite")]) == 0
+    report = json.loads((tmp_path / "eval-rewrite" / "report.json").read_text())
+    assert report["settings"]["rewrite_prompts"] is True and report["rewriting_paraphrased"]["n"] == 2
     assert main(["eval", "shapes", "--model", str(tmp_path / "pipe"), "--num", "2", "--temperature", "1.5",
                  "--out", str(tmp_path / "eval2")]) == 0
     assert json.loads((tmp_path / "eval2" / "report.json").read_text())["settings"]["temperature"] == 1.5

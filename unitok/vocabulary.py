@@ -28,6 +28,7 @@ SPECIALS: dict[str, str] = {
     "boi": "<|boi|>",  # begin of image codes
     "eoi": "<|eoi|>",  # end of image codes
     "uncond": "<|uncond|>",  # the empty caption, for classifier-free guidance
+    "rewrite": "<|rewrite|>",  # ends a free-form prompt; its reference caption follows
 }
 
 
@@ -71,6 +72,15 @@ class UnifiedVocabulary:
     @property
     def uncond_id(self) -> int:
         return self.special_id("uncond")
+
+    @property
+    def rewrite_id(self) -> int:
+        return self.special_id("rewrite")
+
+    @property
+    def can_rewrite(self) -> bool:
+        """Whether the layout has <|rewrite|> (vocabularies saved before it was added do not)."""
+        return "rewrite" in self.special_names
 
     @property
     def image_offset(self) -> int:

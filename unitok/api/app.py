@@ -153,10 +153,11 @@ def create_app(backend: ModelBackend, *, limits: Limits | None = None, batching:
         request.state.n_images = len(jobs)
         results = await _submit(request.app.state.drawer, jobs)
         drawn = time.perf_counter()
-        pngs = await run_in_threadpool(lambda: [_png_base64(r.value) for r in results])
+        pngs = await run_in_threadpool(lambda: [_png_base64(r.value.image) for r in results])
         return ImageGenerationResponse(
             created=int(time.time()),
-            data=[GeneratedImage(b64_json=png, seed=job.seed) for png, job in zip(pngs, jobs, strict=True)],
+            data=[GeneratedImage(b64_json=png, seed=job.seed, revised_prompt=result.value.drawn_prompt)
+                  for png, job, result in zip(pngs, jobs, results, strict=True)],
             model=backend.name,
             timings_ms=_timings(started, queue=max(r.queue_ms for r in results),
                                 model=max(r.model_ms for r in results),

@@ -27,6 +27,12 @@ class DrawJob:
     seed: int
 
 
+@dataclass(frozen=True)
+class DrawnImage:
+    image: Image.Image
+    drawn_prompt: str  # what it was drawn from: the job's prompt, or the model's rewrite of it
+
+
 class ModelBackend(Protocol):
     name: str
     default_guidance_scale: float
@@ -40,7 +46,7 @@ class ModelBackend(Protocol):
         """One caption per image, in order. Batching must not change a caption."""
         ...
 
-    def draw_batch(self, jobs: list[DrawJob]) -> list[Image.Image]:
+    def draw_batch(self, jobs: list[DrawJob]) -> list[DrawnImage]:
         """One image per job, in order; a job's image depends only on the job, not its batch."""
         ...
 
@@ -67,18 +73,20 @@ class PipelineBackend:
     def caption_batch(self, images: list[Image.Image]) -> list[str]:
         return self.pipeline.caption(images, max_new_tokens=self.max_caption_tokens, batch_size=len(images))
 
-    def draw_batch(self, jobs: list[DrawJob]) -> list[Image.Image]:
-        codes = self.pipeline(
+    def draw_batch(self, jobs: list[DrawJob]) -> list[DrawnImage]:
+        drawn = self.pipeline(
             [job.prompt for job in jobs],
             guidance_scale=[job.guidance_scale for job in jobs],
             generator=[torch.Generator().manual_seed(job.seed) for job in jobs],
             batch_size=len(jobs),
             output_type="latent",
-        ).images
+        )
+        codes = drawn.images
         # Codes do not depend on the batch, but the conv decoder's float sums do (by ~1e-6, which
         # flips a rounded pixel now and then). Decoding each image alone keeps "same seed, same
         # PNG" exact; sampling, not decoding, is where the time goes.
-        return [self.pipeline.decode_codes(codes[i : i + 1])[0] for i in range(len(jobs))]
+        return [DrawnImage(self.pipeline.decode_codes(codes[i : i + 1])[0], drawn.drawn_prompts[i])
+                for i in range(len(jobs))]
 
 
 def load_backend(model_dir: str | os.PathLike, device: str | None = None,

@@ -56,6 +56,8 @@ class CaptionResponse(BaseModel):
 class GeneratedImage(BaseModel):
     b64_json: str = Field(description="A PNG, base64-encoded.")
     seed: int = Field(description="The seed this image was drawn with (send it back to redraw it).")
+    revised_prompt: str = Field(description="What the image was drawn from: the prompt itself, or the model's "
+                                            "restatement of it for a model that rewrites prompts.")
 
 
 class ImageGenerationResponse(BaseModel):

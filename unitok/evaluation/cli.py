@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="candidates drawn per image, the likeliest kept (default: the model's own)")
     shapes.add_argument("--consensus-weight", type=float, default=None,
                         help="weight of the candidates' agreement in reranking; 0 = off (default: the model's own)")
+    shapes.add_argument("--rewrite-prompts", action=argparse.BooleanOptionalAction, default=None,
+                        help="draw from the model's restatement of each prompt (default: the model's own)")
     shapes.add_argument("--seed", type=int, default=1234, help="picks the held-out scenes and the sampling seeds")
     shapes.add_argument("--batch-size", type=int, default=50, help="images per forward pass")
     shapes.add_argument("--out", default="runs/eval-shapes", help="folder for report.md, report.json, grid.png")
@@ -46,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     pipe = UniTokPipeline.from_pretrained(model_dir)
     pipe.set_progress_bar_config(disable=True)
     chosen = dict(guidance_scale=args.guidance, temperature=args.temperature, top_k=args.top_k,
-                  num_candidates=args.candidates, consensus_weight=args.consensus_weight)
+                  num_candidates=args.candidates, consensus_weight=args.consensus_weight,
+                  rewrite_prompts=args.rewrite_prompts)
     drawing = pipe.sampling_settings(**chosen)  # what the model's defaults make of them, for the report
 
     def generate(prompts: list[str], seed: int):
@@ -58,10 +61,12 @@ def run(args: argparse.Namespace) -> int:
         generate, lambda images: pipe.caption(images, batch_size=args.batch_size),
         num_scenes=args.num, image_size=pipe.image_tokenizer.image_size, seed=args.seed,
         batch_size=args.batch_size,
+        rewrite=(lambda prompts: pipe.rewrite_prompt(prompts, batch_size=args.batch_size))
+        if pipe.vocabulary.can_rewrite and drawing.rewrite_prompts else None,
         settings={"model": str(model_dir), "guidance": drawing.guidance_scale,
                   "temperature": drawing.options.temperature, "top_k": drawing.options.top_k,
                   "top_p": drawing.options.top_p, "candidates": drawing.num_candidates,
-                  "consensus_weight": drawing.consensus_weight},
+                  "consensus_weight": drawing.consensus_weight, "rewrite_prompts": drawing.rewrite_prompts},
     )
     paths = write_report(evaluation, args.out)
     print(evaluation.markdown())

@@ -1,4 +1,5 @@
-"""Shapes scene accuracy of a UniTok model: text-to-image, captioning and the round trip.
+"""Shapes scene accuracy of a UniTok model: text-to-image, captioning and the round trip (and,
+for a model that rewrites prompts, how often it restates a paraphrase as the right scene).
 
 Everything is judged by reading scenes back, never by eye: generated images through
 ``shapes.analyze`` and generated captions through ``shapes.parse_caption``. Held-out scenes come
@@ -23,6 +24,7 @@ from unitok.data.shapes_shards import scenes_for_split
 ATTRIBUTES = ("background", "count", "position", "color", "shape", "size")
 GenerateFn = Callable[[list[str], int], list[Image.Image]]  # (prompts, seed) -> one image each
 CaptionFn = Callable[[list[Image.Image]], list[str]]
+RewriteFn = Callable[[list[str]], list[str]]  # prompts -> the model's restatement of each
 
 
 @dataclass
@@ -87,15 +89,19 @@ class ShapesEvaluation:
     round_trip: SceneScore
     examples: list[tuple[str, Image.Image, bool]]
     settings: dict
+    rewriting: SceneScore | None = None  # the paraphrases' rewrites, parsed (models that rewrite)
 
     def as_dict(self) -> dict:
-        return {
+        scores = {
             "settings": self.settings,
             "text_to_image_canonical": self.text_to_image_canonical.as_dict(),
             "text_to_image_paraphrased": self.text_to_image_paraphrased.as_dict(),
             "captioning": self.captioning.as_dict(),
             "round_trip": self.round_trip.as_dict(),
         }
+        if self.rewriting is not None:
+            scores["rewriting_paraphrased"] = self.rewriting.as_dict()
+        return scores
 
     def markdown(self) -> str:
         rows = [
@@ -104,6 +110,8 @@ class ShapesEvaluation:
             ("captioning (exact scene from the caption)", self.captioning),
             ("round trip caption → image → caption", self.round_trip),
         ]
+        if self.rewriting is not None:
+            rows.append(("rewriting, paraphrased captions (parsed)", self.rewriting))
         header = "| task | n | exact scene | unreadable | " + " | ".join(ATTRIBUTES) + " |"
         lines = ["# Shapes evaluation", "", f"Settings: `{json.dumps(self.settings)}`", "",
                  "Attribute columns: accuracy over the readable predictions.", "", header,
@@ -130,13 +138,16 @@ def evaluate_shapes(
     batch_size: int = 32,
     settings: dict | None = None,
     progress: bool = True,
+    rewrite: RewriteFn | None = None,
 ) -> ShapesEvaluation:
-    """Run the three Shapes evaluations with the given generate/caption functions."""
+    """Run the three Shapes evaluations with the given generate/caption functions (and score
+    ``rewrite`` on the paraphrases, when given)."""
     scenes = scenes_for_split("val", num_scenes, seed)
     rng = np.random.default_rng(seed)
     paraphrases = [shapes.paraphrase(s, rng) for s in scenes]
     canonical = [shapes.canonical_caption(s) for s in scenes]
     t2i_canonical, t2i_paraphrased, captioning, round_trip = SceneScore(), SceneScore(), SceneScore(), SceneScore()
+    rewriting = SceneScore() if rewrite is not None else None
     examples: list[tuple[str, Image.Image, bool]] = []
     bar = tqdm(total=4 * num_scenes, desc="shapes eval", unit="scene", disable=not progress)
     for start, batch in _batches(list(range(num_scenes)), batch_size):
@@ -155,10 +166,13 @@ def evaluate_shapes(
         rendered = [shapes.render(t, image_size) for t in truths]
         for truth, text in zip(truths, caption(rendered), strict=True):
             captioning.add(truth, shapes.parse_caption(text))
+        if rewriting is not None:
+            for truth, text in zip(truths, rewrite([paraphrases[i] for i in batch]), strict=True):
+                rewriting.add(truth, shapes.parse_caption(text))
         bar.update(4 * len(batch))
     bar.close()
     return ShapesEvaluation(t2i_canonical, t2i_paraphrased, captioning, round_trip, examples,
-                            settings={"num_scenes": num_scenes, "seed": seed, **(settings or {})})
+                            settings={"num_scenes": num_scenes, "seed": seed, **(settings or {})}, rewriting=rewriting)
 
 
 def example_grid(examples: list[tuple[str, Image.Image, bool]], columns: int = 4, tile: int = 128) -> Image.Image:

@@ -22,6 +22,7 @@ from unitok.lm.sequences import (
     TaskMix,
     captioning_example,
     collate,
+    rewriting_example,
     sample_example,
     text_to_image_example,
 )
@@ -42,8 +43,9 @@ def caption_texts(source: str | list[str], limit: int | None = None) -> Iterator
 class ExampleMaker:
     """Shard-sample transform: decoded sample -> list of training ``Example``s.
 
-    training=True draws one sequence per sample from the task mix; training=False yields both a
-    text-to-image (reference caption) and a captioning sequence, so validation measures both.
+    training=True draws one sequence per sample from the task mix; training=False yields a
+    text-to-image (reference caption) and a captioning sequence, and a rewriting one (first
+    paraphrase) when the mix trains rewriting, so validation measures each task.
     A plain class (not a closure) so DataLoader workers can pickle it.
     """
 
@@ -62,9 +64,12 @@ class ExampleMaker:
     def __call__(self, sample: dict[str, Any]) -> list[Example]:
         codes = torch.from_numpy(sample["codes"].astype("int64"))
         caption = encode_text(self.tokenizer, sample["caption"])
-        if not self.training:
-            return [text_to_image_example(caption, codes, self.vocab), captioning_example(codes, caption, self.vocab)]
         paraphrases = [encode_text(self.tokenizer, p) for p in sample["meta"].get("paraphrases", [])]
+        if not self.training:
+            examples = [text_to_image_example(caption, codes, self.vocab), captioning_example(codes, caption, self.vocab)]
+            if self.mix.rewriting and paraphrases:
+                examples.append(rewriting_example(paraphrases[0], caption, self.vocab))
+            return examples
         return [sample_example(codes, caption, paraphrases, self.vocab, self.mix, self._random())]
 
 
@@ -78,12 +83,14 @@ class CodeShardDataModule(L.LightningDataModule):
     Args:
         train_shards: folder, glob or brace pattern of training code shards.
         val_shards: the same for validation (every rank reads all of it).
-        batch_size: samples per batch (per device); validation batches hold 2 sequences per sample.
+        batch_size: samples per batch (per device); validation batches hold 2-3 sequences per sample.
         samples_per_epoch: training samples per epoch and rank (the stream is resampled, endless).
         val_samples: validate on the first N validation samples (None: all).
-        text_to_image: probability of a text-to-image sequence (else captioning).
+        text_to_image: probability of a text-to-image sequence.
         caption_dropout: probability of replacing a text-to-image caption by <|uncond|> (CFG).
         paraphrase: probability that a text-to-image prompt is one of the sample's paraphrases.
+        rewriting: probability of a rewriting sequence (a sample's paraphrase -> its caption);
+            the rest of ``1 - text_to_image - rewriting`` is captioning.
         num_workers: DataLoader worker processes.
         shuffle_buffer: samples in the training shuffle buffer.
     """
@@ -98,13 +105,15 @@ class CodeShardDataModule(L.LightningDataModule):
         text_to_image: float = 0.5,
         caption_dropout: float = 0.1,
         paraphrase: float = 0.5,
+        rewriting: float = 0.0,
         num_workers: int = 1,
         shuffle_buffer: int = 2000,
         seed: int = 0,
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.mix = TaskMix(text_to_image=text_to_image, caption_dropout=caption_dropout, paraphrase=paraphrase)
+        self.mix = TaskMix(text_to_image=text_to_image, caption_dropout=caption_dropout, paraphrase=paraphrase,
+                           rewriting=rewriting)
         self.skips = SkipCounter("code-shard sample")
 
     def _model_text_side(self) -> tuple[Any, UnifiedVocabulary]:

@@ -26,6 +26,7 @@ from transformers import (
 from unitok.atomic import atomic_directory
 from unitok.errors import UserError
 from unitok.lm.image_positions import image_positions_saved_apart, load_image_positions
+from unitok.lm.layout_upgrade import add_missing_specials
 from unitok.lm.text_tokenizer import check_tokenizer, extend_tokenizer, vocabulary_for
 from unitok.vocabulary import VOCABULARY_FILE, UnifiedVocabulary
 
@@ -90,11 +91,13 @@ def build_pretrained_lm(
 
     A folder that is already a UniTok LM (it has ``unitok_vocabulary.json``) is loaded as it is,
     after checking that its vocabulary fits the image tokenizer, so training can continue from an
-    export.
+    export; one saved before a special token was added gains its rows (``layout_upgrade``).
     """
     if (Path(name_or_path) / VOCABULARY_FILE).is_file():
         model, tokenizer, vocab = load_unified_lm(name_or_path, dtype=dtype)
         vocab.check_compatible(codebook_size=codebook_size, grid=grid)
+        model, tokenizer, vocab = add_missing_specials(model, tokenizer, vocab, seed=seed)
+        _set_special_ids(model, vocab)
         return model.train(), tokenizer, vocab
     try:
         tokenizer = AutoTokenizer.from_pretrained(text_tokenizer or name_or_path)

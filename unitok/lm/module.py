@@ -20,7 +20,7 @@ from unitok.callbacks import SaveFinalCheckpoint
 from unitok.errors import UserError
 from unitok.lm.image_positions import ATTRIBUTE, attach_image_positions, lm_forward
 from unitok.lm.model import ScratchConfig, build_pretrained_lm, build_scratch_lm
-from unitok.lm.sequences import IGNORE, TASKS, next_token_losses
+from unitok.lm.sequences import IGNORE, LOSS_GROUPS, TASKS, next_token_losses
 from unitok.lm.text_tokenizer import train_bpe_tokenizer
 from unitok.schedules import warmup_cosine_factor
 from unitok.vocabulary import UnifiedVocabulary
@@ -118,17 +118,24 @@ class UnifiedLMModule(L.LightningModule):
         counted = targets != IGNORE
         batch_size = batch["input_ids"].shape[0]
         on_step = stage == "train"
-        # Each task's loss is its own token mean, and the loss is their average: a captioning
+        # The loss averages one token mean per target modality (LOSS_GROUPS): a captioning
         # sequence has ~20 target tokens against 65 for text-to-image, and a plain token mean
-        # would make captioning learn ~3x slower.
-        task_losses = []
+        # would make captioning learn ~3x slower. Text tasks share theirs, so adding rewriting
+        # does not take a share of the loss from drawing.
         for index, task in enumerate(TASKS):
             rows = counted & (batch["task"] == index)[:, None]
             if rows.any():
-                task_losses.append(token_loss[rows].mean())
-                self.log(f"{stage}/loss_{task}", task_losses[-1], batch_size=batch_size,
+                self.log(f"{stage}/loss_{task}", token_loss[rows].mean(), batch_size=batch_size,
                          on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
-        loss = torch.stack(task_losses).mean() if task_losses else token_loss.sum() * 0.0
+        group_losses = []
+        for tasks in LOSS_GROUPS.values():
+            in_group = torch.zeros_like(batch["task"], dtype=torch.bool)
+            for task in tasks:
+                in_group |= batch["task"] == TASKS.index(task)
+            rows = counted & in_group[:, None]
+            if rows.any():
+                group_losses.append(token_loss[rows].mean())
+        loss = torch.stack(group_losses).mean() if group_losses else token_loss.sum() * 0.0
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=batch_size, on_step=on_step, on_epoch=not on_step,
                  sync_dist=not on_step)
         is_image = counted & (targets >= self.vocabulary.image_offset)
@@ -136,11 +143,12 @@ class UnifiedLMModule(L.LightningModule):
             correct = (predicted == targets)[is_image].float().mean()
             self.log(f"{stage}/image_token_acc", correct, prog_bar=stage == "val", batch_size=batch_size,
                      on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
-        is_text = counted & (batch["task"] == TASKS.index("captioning"))[:, None]
-        if is_text.any():
-            correct = (predicted == targets)[is_text].float().mean()
-            self.log(f"{stage}/caption_token_acc", correct, batch_size=batch_size,
-                     on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
+        for task, metric in (("captioning", "caption_token_acc"), ("rewriting", "rewrite_token_acc")):
+            is_text = counted & (batch["task"] == TASKS.index(task))[:, None]
+            if is_text.any():
+                correct = (predicted == targets)[is_text].float().mean()
+                self.log(f"{stage}/{metric}", correct, batch_size=batch_size,
+                         on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
         return loss
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -5,6 +5,10 @@ Training sequences (``[bos]`` only when ``vocab.bos_id`` is set)::
     text-to-image   [bos] caption <|boi|> codes <|eoi|>          loss on codes and <|eoi|>
     unconditional   [bos] <|uncond|> <|boi|> codes <|eoi|>       same, the caption dropped (CFG)
     captioning      [bos] <|boi|> codes <|eoi|> caption <eos>    loss on caption and <eos>
+    rewriting       [bos] prompt <|rewrite|> caption <eos>       loss on caption and <eos>
+
+Rewriting teaches the LM to restate any phrasing of a prompt as the reference caption it writes
+when captioning, so generation can draw and rerank in the one language its captioner judges well.
 
 Prompts for generation are the same sequences cut where the model takes over, left-padded into
 a batch. Every consumer (training, the sampler, the API) builds them with these functions.
@@ -22,21 +26,28 @@ import torch.nn.functional as F
 from unitok.vocabulary import UnifiedVocabulary
 
 IGNORE = -100  # label of positions that carry no loss (torch cross_entropy's ignore_index)
-TASKS = ("text_to_image", "captioning")  # index = the ``task`` value in a batch
+TASKS = ("text_to_image", "captioning", "rewriting")  # index = the ``task`` value in a batch
+# Tasks by the modality of their targets; the training loss averages one token mean per group.
+LOSS_GROUPS = {"image codes": ("text_to_image",), "text": ("captioning", "rewriting")}
 
 
 @dataclass(frozen=True)
 class TaskMix:
     """How training sequences are drawn from a (codes, caption, paraphrases) sample."""
 
-    text_to_image: float = 0.5  # probability of a text-to-image sequence (else captioning)
+    text_to_image: float = 0.5  # probability of a text-to-image sequence
     caption_dropout: float = 0.1  # text-to-image caption replaced by <|uncond|>, for CFG
     paraphrase: float = 0.5  # text-to-image prompt is a paraphrase (when the sample has some)
+    rewriting: float = 0.0  # probability of a rewriting sequence (when the sample has paraphrases)
+    # what is left of text_to_image + rewriting is captioning
 
     def __post_init__(self) -> None:
-        for name in ("text_to_image", "caption_dropout", "paraphrase"):
+        for name in ("text_to_image", "caption_dropout", "paraphrase", "rewriting"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"TaskMix.{name} must be a probability, got {getattr(self, name)}")
+        if self.text_to_image + self.rewriting > 1.0:
+            raise ValueError(f"TaskMix.text_to_image + rewriting must be at most 1 (the rest is captioning), "
+                             f"got {self.text_to_image} + {self.rewriting}")
 
 
 @dataclass
@@ -86,6 +97,13 @@ def captioning_example(codes: torch.Tensor, text_ids: Sequence[int], vocab: Unif
     return Example(condition + target, [IGNORE] * len(condition) + target, TASKS.index("captioning"))
 
 
+def rewriting_example(prompt_ids: Sequence[int], caption_ids: Sequence[int], vocab: UnifiedVocabulary) -> Example:
+    """``[bos] prompt <|rewrite|> caption <eos>`` with the loss on the caption and ``<eos>``."""
+    condition = _bos(vocab) + list(prompt_ids) + [vocab.rewrite_id]
+    target = list(caption_ids) + [vocab.eos_id]
+    return Example(condition + target, [IGNORE] * len(condition) + target, TASKS.index("rewriting"))
+
+
 def sample_example(
     codes: torch.Tensor,
     caption_ids: Sequence[int],
@@ -96,10 +114,14 @@ def sample_example(
 ) -> Example:
     """Draw one training sequence for a sample according to ``mix``.
 
-    Captioning always targets the reference caption (so its output stays parseable);
-    text-to-image prompts may be any phrasing.
+    Captioning and rewriting always target the reference caption (so their output stays
+    parseable); text-to-image prompts may be any phrasing. Rewriting restates a paraphrase or,
+    one time in ``len(paraphrases) + 1``, the reference itself, so a reference prompt is kept as is.
     """
-    if rng.random() >= mix.text_to_image:
+    task_draw = rng.random()
+    if task_draw >= mix.text_to_image:
+        if paraphrase_ids and task_draw < mix.text_to_image + mix.rewriting:
+            return rewriting_example(rng.choice([*paraphrase_ids, caption_ids]), caption_ids, vocab)
         return captioning_example(codes, caption_ids, vocab)
     if rng.random() < mix.caption_dropout:
         return text_to_image_example(None, codes, vocab)
@@ -157,6 +179,11 @@ def text_to_image_prompt(text_ids: Sequence[Sequence[int]], vocab: UnifiedVocabu
 def unconditional_prompt(batch_size: int, vocab: UnifiedVocabulary) -> Prompt:
     """Prompts ``[bos] <|uncond|> <boi>``: the empty caption of classifier-free guidance."""
     return left_pad([_bos(vocab) + [vocab.uncond_id, vocab.boi_id]] * batch_size, vocab)
+
+
+def rewriting_prompt(text_ids: Sequence[Sequence[int]], vocab: UnifiedVocabulary) -> Prompt:
+    """Prompts ``[bos] prompt <|rewrite|>`` for a batch of free-form prompts."""
+    return left_pad([_bos(vocab) + list(ids) + [vocab.rewrite_id] for ids in text_ids], vocab)
 
 
 def captioning_prompt(codes: torch.Tensor, vocab: UnifiedVocabulary) -> Prompt:
