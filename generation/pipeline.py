@@ -59,6 +59,7 @@ from unitok.vocabulary import UnifiedVocabulary
 logger = logging.getLogger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")  # "latent": the code grids themselves, [N, h, w] long
+WRITTEN_TOKENS = 64  # the most text ids the LM writes on its own for a consensus reading or a rewrite
 
 
 @dataclass
@@ -315,9 +316,22 @@ class UniTokPipeline(DiffusionPipeline):
         return (self.vocabulary.bos_id is not None) + 2 + self.vocabulary.tokens_per_image
 
     def _reading_length(self) -> int:
-        """Caption tokens a consensus reading may run to: 64, or what the context leaves after an image."""
+        """Caption tokens a consensus reading may run to: what the context leaves after an image."""
+        return self._written_length(self._image_segment_length())
+
+    def _rewrite_length(self) -> int:
+        """Tokens a rewrite may run to: what the context leaves after the longest accepted prompt's
+        ``[bos] prompt <|rewrite|>``, and no more than a prompt may have. The same for every prompt,
+        so a prompt's rewrite never depends on the prompts beside it in a batch."""
+        room = self._prompt_room()
+        if room is None:
+            return WRITTEN_TOKENS
+        return max(1, min(room, self._written_length((self.vocabulary.bos_id is not None) + room + 1)))
+
+    def _written_length(self, prefix_length: int) -> int:
+        """``WRITTEN_TOKENS``, or fewer where the context ends sooner after ``prefix_length`` positions."""
         limit = context_length(self.lm)
-        return 64 if limit is None else max(1, min(64, limit - self._image_segment_length()))
+        return WRITTEN_TOKENS if limit is None else max(1, min(WRITTEN_TOKENS, limit - prefix_length))
 
     @torch.inference_mode()
     def rewrite_prompt(self, prompt: str | Sequence[str], batch_size: int = 16) -> list[str]:
@@ -326,7 +340,7 @@ class UniTokPipeline(DiffusionPipeline):
         An LM trained with rewriting (``unitok.lm.sequences``) reads any phrasing but captions, and
         so judges reranking candidates, in one phrasing; drawing from that phrasing puts every
         prompt where the judge is sharpest. A prompt is kept as it is where the LM's restatement
-        does not end within the room a prompt has next to an image.
+        is empty or does not end within ``_rewrite_length`` tokens.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         rewritten = self._rewritten_ids([self.encode_prompt(p) for p in prompts], batch_size)
@@ -334,8 +348,7 @@ class UniTokPipeline(DiffusionPipeline):
 
     def _rewritten_ids(self, text_ids: list[list[int]], batch_size: int) -> list[list[int]]:
         _check_can_rewrite(self.vocabulary)
-        room = self._prompt_room()
-        max_new = 64 if room is None else max(1, min(64, room))
+        max_new = self._rewrite_length()
         rewritten = []
         for start in range(0, len(text_ids), batch_size):
             chunk = text_ids[start : start + batch_size]

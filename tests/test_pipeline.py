@@ -192,6 +192,10 @@ def test_the_longest_prompt_accepted_fits_the_context_when_reranked(pipe):
         pipe.encode_prompt(too_long)
     images = pipe(longest, num_candidates=2, temperature=1.0, generator=seeded(1), output_type="latent").images
     assert images.shape == (1, 4, 4)
+    # Rewriting it too: [longest <|rewrite|>] is 46 positions, so a rewrite may run to 18 (not 45).
+    rewritten = pipe(longest, rewrite_prompts=True, num_candidates=2, temperature=1.0, generator=seeded(1),
+                     output_type="latent")
+    assert rewritten.images.shape == (1, 4, 4) and len(pipe.encode_prompt(rewritten.drawn_prompts[0])) <= 45
 
 
 def test_reranking_keeps_the_candidate_whose_prompt_is_likeliest_as_its_caption(pipe):
@@ -296,7 +300,8 @@ def test_rewriting_draws_and_reranks_from_the_lms_restatement_of_each_prompt(pip
     monkeypatch.setattr(pipeline_module, "rewrite_prompts", fake_rewrites)
     settings = dict(temperature=1.0, guidance_scale=1.0, num_candidates=3, output_type="latent")
     rewritten = pipe(PROMPTS, rewrite_prompts=True, generator=seeded(2), **settings)
-    assert asked == [([pipe.encode_prompt(p) for p in PROMPTS], 45)]  # the room a prompt has next to an image
+    # The tiny LM's 64 positions less the longest accepted prompt (45 ids) and <|rewrite|>: the same for every prompt.
+    assert asked == [([pipe.encode_prompt(p) for p in PROMPTS], 18)]
     assert rewritten.drawn_prompts == ["a large red circle at the top on a black background", PROMPTS[1]]
     plain = pipe([rewritten.drawn_prompts[0], PROMPTS[1]], generator=seeded(2), **settings)
     assert torch.equal(rewritten.images, plain.images) and plain.drawn_prompts == [rewritten.drawn_prompts[0], PROMPTS[1]]

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         num_scenes=args.num, image_size=pipe.image_tokenizer.image_size, seed=args.seed,
         batch_size=args.batch_size,
         rewrite=(lambda prompts: pipe.rewrite_prompt(prompts, batch_size=args.batch_size))
-        if pipe.vocabulary.can_rewrite and drawing.rewrite_prompts else None,
+        if drawing.rewrite_prompts else None,
         settings={"model": str(model_dir), "guidance": drawing.guidance_scale,
                   "temperature": drawing.options.temperature, "top_k": drawing.options.top_k,
                   "top_p": drawing.options.top_p, "candidates": drawing.num_candidates,

@@ -64,12 +64,13 @@ class ExampleMaker:
     def __call__(self, sample: dict[str, Any]) -> list[Example]:
         codes = torch.from_numpy(sample["codes"].astype("int64"))
         caption = encode_text(self.tokenizer, sample["caption"])
-        paraphrases = [encode_text(self.tokenizer, p) for p in sample["meta"].get("paraphrases", [])]
+        texts = sample["meta"].get("paraphrases", [])
         if not self.training:
             examples = [text_to_image_example(caption, codes, self.vocab), captioning_example(codes, caption, self.vocab)]
-            if self.mix.rewriting and paraphrases:
-                examples.append(rewriting_example(paraphrases[0], caption, self.vocab))
+            if self.mix.rewriting and texts:
+                examples.append(rewriting_example(encode_text(self.tokenizer, texts[0]), caption, self.vocab))
             return examples
+        paraphrases = [encode_text(self.tokenizer, p) for p in texts]
         return [sample_example(codes, caption, paraphrases, self.vocab, self.mix, self._random())]
 
 
