@@ -1,6 +1,7 @@
 # Two commands from a fresh machine (see README):
-#   make demo   set up .venv, then draw and caption images with the embedded default model
-#   make test   set up .venv, then run the test suite
+#   make demo        set up .venv, then draw and caption images with the embedded default model
+#   make test        set up .venv, then lint (ruff) and run the whole test suite (what CI runs)
+#   make test-fast   the same without the tests marked slow
 # PyTorch is pinned to the CPU wheel used here; on a GPU machine install the CUDA build of
 # torch first (pyproject.toml only asks for torch>=2.5) and `pip install -e '.[gpu]'`.
 
@@ -9,7 +10,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo lint test test-fast clean
 
 setup: $(VENV)/.installed
 
@@ -23,9 +24,15 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	bash scripts/demo.sh
 
+lint: setup
+	$(BIN)/ruff check .
+
 # pytest exits 5 when it collects no test: that is a failure here too, as is any non-zero code.
-test: setup
-	$(BIN)/python -m pytest
+test: lint
+	$(BIN)/python -m pytest --durations=15
+
+test-fast: lint
+	$(BIN)/python -m pytest -m "not slow" --durations=15
 
 clean:
 	rm -rf $(VENV) out runs lightning_logs

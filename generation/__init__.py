@@ -10,10 +10,11 @@ from unitok.lazy_exports import lazy_getattr
 
 _PUBLIC = {
     "UniTokPipeline": "generation.pipeline",
-    "SamplingOptions": "generation.token_choice",
+    "DrawSettings": "generation.settings",
+    "SamplingOptions": "generation.settings",
     "sample_image_codes": "generation.sampler",
     "generate_captions": "generation.sampler",
-    "default_model_dir": "generation.default_model",
+    "rerank": "generation.rerank",
 }
 
 __all__ = sorted(_PUBLIC)

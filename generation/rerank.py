@@ -1,32 +1,15 @@
-"""Self-reranking: of several drawn candidates, keep the one whose prompt the model finds likeliest
-as a caption of it.
+"""Self-reranking: of several drawn candidates, keep the one the model itself judges best.
 
-Why: for a unified model, reading is easier than drawing (the embedded default captions 96.7 % of
-held-out Shapes scenes exactly but draws 24 % of them), so the model's own captioning direction
-is a good judge of its drawings. The score of a candidate is ``log p(prompt | image)``: the
-captioning training sequence ``[bos] <boi> codes <eoi> prompt <eos>`` (``unitok.lm.sequences``)
-in one teacher-forced pass, summed over the prompt and ``<eos>``. It is CLIP reranking (DALL-E)
-without a second model. All candidates of an image share its prompt, so the sums compare as they
-are, with no length normalisation.
+The judge is the model's reading direction: a candidate's score is ``log p(prompt | image)``, the
+captioning sequence ``[bos] <boi> codes <eoi> prompt <eos>`` (``unitok.lm.sequences``) scored in
+one teacher-forced pass, summed over the prompt and ``<eos>``: CLIP reranking (DALL-E) without a
+second model. All candidates of an image share its prompt, so the sums compare as they are.
 
-Consensus. The captioner writes one phrasing only (for Shapes, the canonical caption), so a prompt
-in other words ("a tiny square in the upper left corner") is scored partly on words it never
-learned to read, and the score loses its edge: on 100 held-out Shapes scenes the default draws a
-right candidate among 16 for 98 % of prompts either way, but picks one for 96 % of canonical
-prompts and 75 % of paraphrased ones. The drawing direction reads paraphrases about as well as
-canonical captions, so how many candidates the model itself reads as the same caption is a second
-judge: the score becomes ``log p(prompt | image) + w * log(candidates with this image's reading)``.
-``w = 1`` is the posterior mass of the reading (sampling frequency times likelihood); a larger
-``w`` trusts the drawing's consensus more than the captioner's reading of an unfamiliar prompt.
-A prompt that is word for word what the model writes for one of the image's candidates is in the
-captioner's own language, where its likelihood is the sharper judge: such an image is reranked by
-likelihood alone (on those selection scenes: 96 % of canonical prompts picked right, 92 % with
-the consensus term; paraphrases are never anyone's reading and keep it, 81 %).
-
-Rewriting. A model trained with the rewriting task (``unitok.lm.sequences``) restates each prompt
-in the captioner's own words before drawing (``UniTokPipeline.rewrite_prompt``), so the prompt that
-reaches this judge is nearly always one it reads well: the default then picks right for 91.7 % of
-paraphrased prompts on the 300 report scenes, against 76.7 % for the same LM without rewriting.
+Consensus. With a weight ``w`` the score gains ``w * log(candidates the model reads as the same
+caption)``: how many of its own drawings the model reads alike is a second judge, which helps
+where the prompt is worded unlike the captions the model writes. An image whose prompt is word
+for word one of its candidates' readings is in the captioner's own language, where likelihood
+alone judges best, and is reranked by likelihood alone. Why these choices: ``docs/sampling.md``.
 """
 
 from __future__ import annotations
@@ -37,9 +20,52 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedModel
 
+from generation.decoder import context_length
+from generation.sampler import generate_captions
 from unitok.lm.image_positions import lm_forward
-from unitok.lm.sequences import captioning_example, collate, next_token_losses
+from unitok.lm.sequences import captioning_example, collate, next_token_losses, reading_budget
 from unitok.vocabulary import UnifiedVocabulary
+
+
+@torch.inference_mode()
+def rerank(
+    model: PreTrainedModel,
+    vocab: UnifiedVocabulary,
+    codes: torch.Tensor,
+    text_ids: Sequence[Sequence[int]],
+    *,
+    candidates: int,
+    consensus_weight: float = 0.0,
+    batch_size: int = 64,
+    readings: Sequence[Sequence[int]] | None = None,
+) -> torch.Tensor:
+    """The best of each image's candidates: ``[N, h, w]`` codes out of ``[N * K, h, w]``.
+
+    Candidate ``j`` of image ``i`` is row ``i * K + j`` of ``codes`` and of ``text_ids`` (the
+    image's prompt, once per candidate). ``readings``: each candidate's caption ids, when the
+    caller has them; the model reads the candidates itself when the consensus weight needs them.
+    """
+    if codes.shape[0] != len(text_ids) or codes.shape[0] % candidates:
+        raise ValueError(f"{codes.shape[0]} candidates and {len(text_ids)} prompts do not make images of "
+                         f"{candidates} candidates each")
+    scores = prompt_log_likelihood(model, vocab, codes, text_ids, batch_size=batch_size)
+    if consensus_weight:
+        if readings is None:
+            readings = read_candidates(model, vocab, codes, batch_size)
+        consensus = consensus_log_counts(readings, candidates).masked_fill(
+            reads_as_its_prompt(readings, text_ids, candidates), 0.0)
+        scores = scores + consensus_weight * consensus.to(scores)
+    images = codes.shape[0] // candidates
+    best = scores.view(images, candidates).argmax(dim=1).to(codes.device)
+    return codes.view(images, candidates, *codes.shape[1:])[torch.arange(images, device=codes.device), best]
+
+
+def read_candidates(model: PreTrainedModel, vocab: UnifiedVocabulary, codes: torch.Tensor,
+                    batch_size: int) -> list[list[int]]:
+    """The model's greedy caption of every candidate, within what the context leaves after an image."""
+    length = reading_budget(vocab, context_length(model))
+    return [ids for start in range(0, codes.shape[0], batch_size)
+            for ids in generate_captions(model, vocab, codes[start : start + batch_size], max_new_tokens=length)]
 
 
 @torch.inference_mode()

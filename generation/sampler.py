@@ -25,7 +25,8 @@ from transformers import PreTrainedModel
 
 from generation import llama_decoder
 from generation.decoder import CachedDecoder
-from generation.token_choice import SamplingOptions, choose_tokens, guide, uniform_streams
+from generation.settings import SamplingOptions
+from generation.token_choice import choose_tokens, guide, uniform_streams
 from unitok.lm.sequences import (
     Prompt,
     captioning_prompt,
@@ -52,23 +53,42 @@ def sample_image_codes(
     guidance_scale: float | Sequence[float] | None = 3.0,
     options: SamplingOptions = SAMPLING,
     generator: Generators = None,
+    batch_size: int | None = None,
     progress: Progress | None = None,
 ) -> torch.Tensor:
     """Draw ``[len(prompts) * num_images_per_prompt, h, w]`` image codes for captions' text ids.
 
     ``guidance_scale`` is one scale for all prompts, one per prompt, or None for no guidance (no
-    unconditional rows at all). Exactly ``h * w`` codes are drawn per image, each from the
-    image-code range only; ``<|eoi|>`` follows by construction and is never sampled.
+    unconditional rows at all; nor where every scale of a forward pass is 1, which is the
+    conditional logits exactly). ``batch_size``: images per forward pass (None: all). Exactly
+    ``h * w`` codes are drawn per image, each from the image-code range only; ``<|eoi|>`` follows
+    by construction and is never sampled.
     """
     if num_images_per_prompt <= 0:
         raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
-    rows = len(prompts) * num_images_per_prompt
     text_ids = [list(ids) for ids in prompts for _ in range(num_images_per_prompt)]
-    prompt = text_to_image_prompt(text_ids, vocab)
     scales = _row_scales(guidance_scale, len(prompts), num_images_per_prompt, model.device)
+    batch = batch_size or len(text_ids)
+    if isinstance(generator, Sequence) and len(generator) != len(text_ids):
+        raise ValueError(f"got {len(generator)} generators for {len(text_ids)} images: pass one per image, or one")
+    return torch.cat([
+        _sample_rows(model, vocab, text_ids[start : start + batch], None if scales is None else scales[start : start + batch],
+                     options, generator[start : start + batch] if isinstance(generator, Sequence) else generator, progress)
+        for start in range(0, len(text_ids), batch)
+    ])
+
+
+def _sample_rows(
+    model: PreTrainedModel, vocab: UnifiedVocabulary, text_ids: list[list[int]], scales: torch.Tensor | None,
+    options: SamplingOptions, generator: Generators, progress: Progress | None,
+) -> torch.Tensor:
+    """One forward pass per code for these rows (and their unconditional twins when guided)."""
+    rows = len(text_ids)
+    prompt = text_to_image_prompt(text_ids, vocab)
+    if scales is not None and bool((scales == 1.0).all()):
+        scales = None
     if scales is not None:
         prompt = stack_prompts(prompt, unconditional_prompt(rows, vocab), pad_id=vocab.pad_id)
-
     steps = vocab.tokens_per_image
     code_range = range(vocab.image_offset, vocab.image_offset + vocab.codebook_size)
     # Room for every code and the closing <|eoi|>, so the whole sequence fits the context.
@@ -84,7 +104,7 @@ def sample_image_codes(
             ids = codes[:, t] + vocab.image_offset
             logits = decoder.step(ids if scales is None else ids.repeat(2))
         if progress is not None:
-            progress(1)
+            progress(rows)
     return rearrange(codes, "n (h w) -> n h w", h=vocab.grid[0], w=vocab.grid[1])
 
 
@@ -148,7 +168,7 @@ def generate_captions(
 
 
 @torch.inference_mode()
-def rewrite_prompts(
+def generate_rewrites(
     model: PreTrainedModel, vocab: UnifiedVocabulary, text_ids: Sequence[Sequence[int]], *, max_new_tokens: int = 64
 ) -> list[list[int] | None]:
     """Greedy rewrites ``[bos] prompt <|rewrite|> ...`` of prompts' text ids (``unitok.lm.sequences``):
@@ -177,7 +197,7 @@ def _generate_text(
         tokens[:, t] = chosen
         finished |= chosen == vocab.eos_id
         if progress is not None:
-            progress(1)
+            progress(rows)
         if bool(finished.all()) or t + 1 == max_new_tokens:
             break
         logits = decoder.step(chosen)

@@ -14,30 +14,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
-
-@dataclass(frozen=True)
-class SamplingOptions:
-    """How to turn logits into a token. ``temperature=0`` is greedy (argmax, no randomness)."""
-
-    temperature: float = 1.0
-    top_k: int | None = None  # keep the k most likely tokens (None or 0: all)
-    top_p: float | None = None  # keep the smallest set with probability >= top_p (None or 1: all)
-
-    def __post_init__(self) -> None:
-        if not math.isfinite(self.temperature) or self.temperature < 0:
-            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
-        if self.top_p is not None and not (0.0 < self.top_p <= 1.0):
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
+from generation.settings import SamplingOptions
 
 
 def uniform_streams(

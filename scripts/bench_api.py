@@ -57,7 +57,7 @@ def _free_port() -> int:
 
 def _model_dir(args: argparse.Namespace, scratch: Path) -> tuple[str, str]:
     """The model folder to serve and a sentence saying which model it is."""
-    from generation.default_model import default_model_dir, resolve_model_dir
+    from unitok.default_model import default_model_dir, resolve_model_dir
     from unitok.errors import UserError
 
     if args.model:

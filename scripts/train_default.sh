@@ -35,7 +35,7 @@ stage() { echo "== $(date +%H:%M:%S) $*"; }
   $UNITOK lm export runs/shapes-tiny/checkpoints/last.ckpt runs/shapes-tiny/export; }
 
 [ -f runs/shapes-tiny-rewrite/export/config.json ] || { stage "prompt rewriting (shapes-tiny-rewrite)"; \
-  $UNITOK lm fit --config configs/lm/shapes-tiny-rewrite.yaml --seed_everything "$SEED"; \
+  $UNITOK lm fit --config configs/lm/shapes-tiny.yaml --config configs/lm/shapes-tiny-rewrite.yaml --seed_everything "$SEED"; \
   $UNITOK lm export runs/shapes-tiny-rewrite/checkpoints/last.ckpt runs/shapes-tiny-rewrite/export; }
 
 stage "pipeline -> $ASSET"

@@ -148,12 +148,9 @@ def test_generation_returns_seeded_pngs_independent_of_the_batch(client, backend
 
 
 def test_a_model_that_rewrites_prompts_reports_what_it_drew(client, backend, monkeypatch):
-    import generation.pipeline as pipeline_module
-    from unitok.lm.text_tokenizer import encode_text
-
     restated = "a large blue square at the top left on a white background"
-    ids = encode_text(backend.pipeline.text_tokenizer, restated)
-    monkeypatch.setattr(pipeline_module, "rewrite_prompts", lambda lm, vocab, text_ids, max_new_tokens: [ids] * len(text_ids))
+    # What a trained rewriter would do (the tiny random LM restates nothing).
+    monkeypatch.setattr(backend.pipeline, "rewrite_prompts", lambda prompts, batch_size=16: [restated] * len(prompts))
     backend.pipeline.register_to_config(default_rewrite_prompts=True)
     try:
         data = client.post("/v1/images/generations", json={"prompt": "a big blue square, upper left", "seed": 3,

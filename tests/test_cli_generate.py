@@ -12,23 +12,17 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_models import tiny_pipeline
 
-from generation import default_model
-from generation.random_model import random_pipeline
+from unitok import default_model
 from unitok.cli import main
 from unitok.errors import UserError
-from unitok.lm.model import ScratchConfig
-
-TINY_LM = ScratchConfig(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=2, intermediate_size=64,
-                        max_positions=64)
-TINY_IMAGE_TOKENIZER = dict(image_size=16, block_out_channels=(8, 16, 16), norm_num_groups=4,
-                            latent_channels=8, quantizer="fsq", fsq_levels=(4, 4, 3))  # 48 codes
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("model") / "tiny"
-    random_pipeline(TINY_LM, TINY_IMAGE_TOKENIZER, text_vocab_size=290).save_pretrained(folder)
+    tiny_pipeline().save_pretrained(folder)
     return folder
 
 
@@ -95,14 +89,12 @@ def test_reranking_flags_reach_the_pipeline(capsys, model_dir, tmp_path):
 
 def test_rewriting_flag_reaches_the_pipeline_and_the_drawn_prompt_is_reported(capsys, model_dir, tmp_path,
                                                                                monkeypatch):
-    import generation.pipeline as pipeline_module
-    from unitok.lm.text_tokenizer import encode_text
+    from generation.pipeline import UniTokPipeline
 
-    def restate_the_second_line(lm, vocab, text_ids, max_new_tokens):
-        return [None, encode_text(tokenizer, "a small red circle at the top on a white background")][: len(text_ids)]
+    def restate_the_second_line(self, prompts, batch_size=16):  # what a trained rewriter would do
+        return [prompts[0], "a small red circle at the top on a white background"][: len(prompts)]
 
-    tokenizer = pipeline_module.UniTokPipeline.from_pretrained(model_dir).text_tokenizer
-    monkeypatch.setattr(pipeline_module, "rewrite_prompts", restate_the_second_line)
+    monkeypatch.setattr(UniTokPipeline, "rewrite_prompts", restate_the_second_line)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\na tiny red circle up top, white background\n")
     assert main(["generate", "--prompts-file", str(prompts), "--rewrite-prompts", "--out", str(tmp_path / "out"),
@@ -167,7 +159,8 @@ def test_default_model_is_found_in_the_package_or_explained(tmp_path, monkeypatc
 
 
 def test_command_modules_do_not_import_heavy_libraries():
-    code = ("import sys, generation.cli_generate, generation.cli_caption; "
-            "heavy = [m for m in ('torch', 'transformers', 'diffusers') if m in sys.modules]; "
+    code = ("import importlib, sys; from unitok.cli import COMMANDS; "
+            "[importlib.import_module(c.module) for c in COMMANDS.values()]; "
+            "heavy = [m for m in ('torch', 'transformers', 'diffusers', 'lightning') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from generation.default_model import default_model_dir
 from generation.pipeline import UniTokPipeline
 from unitok.data import shapes
 from unitok.data.shapes_shards import scenes_for_split
+from unitok.default_model import default_model_dir
 
 SCENES = scenes_for_split("val", 8, seed=7)
 
@@ -55,7 +55,7 @@ def test_the_default_restates_paraphrases_as_their_scenes_and_keeps_canonical_ca
     assert pipe.config.default_rewrite_prompts
     rng = np.random.default_rng(7)
     paraphrases = [shapes.paraphrase(s, rng) for s in SCENES]
-    restated = [shapes.parse_caption(text) for text in pipe.rewrite_prompt(paraphrases)]
+    restated = [shapes.parse_caption(text) for text in pipe.rewrite_prompts(paraphrases)]
     assert sum(r == s for r, s in zip(restated, SCENES, strict=True)) >= 7, list(zip(paraphrases, restated, strict=True))
     canonical = [shapes.canonical_caption(s) for s in SCENES]
-    assert sum(a == b for a, b in zip(pipe.rewrite_prompt(canonical), canonical, strict=True)) >= 7
+    assert sum(a == b for a, b in zip(pipe.rewrite_prompts(canonical), canonical, strict=True)) >= 7

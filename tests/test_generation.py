@@ -1,6 +1,6 @@
 """The sampler: batched classifier-free guidance, per-row seeds, restricted sampling, captioning.
 
-Models are tiny and random, built on the spot (``tiny_lms``): a Llama through ``build_scratch_lm``
+Models are tiny and random, built on the spot (``tiny_models``): a Llama through ``build_scratch_lm``
 (the fast ``LlamaDecoder`` path) and a Qwen2 over the same vocabulary (the generic transformers
 path). Random weights are enough: every property tested here is about the sampler, not about
 what the model learned.
@@ -8,7 +8,7 @@ what the model learned.
 
 import pytest
 import torch
-from tiny_lms import tiny_llama, tiny_qwen
+from tiny_models import tiny_llama, tiny_qwen
 
 from generation import llama_decoder
 from generation.decoder import CachedDecoder

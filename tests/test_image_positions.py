@@ -8,7 +8,7 @@ loading an LM must keep the table out of the plain transformers checkpoint yet b
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tiny_lms import tiny_llama, tiny_qwen
+from tiny_models import tiny_llama, tiny_qwen
 from transformers import AutoModelForCausalLM
 
 from generation.decoder import CachedDecoder

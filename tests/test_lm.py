@@ -32,7 +32,6 @@ from unitok.cli import main as unitok_main
 from unitok.data import shapes
 from unitok.data.shards import ShardWriter
 from unitok.errors import UserError
-from unitok.lm import training as lm_training
 from unitok.lm.data import CodeShardDataModule
 from unitok.lm.image_positions import ATTRIBUTE, image_position_table, lm_forward
 from unitok.lm.model import build_pretrained_lm, load_unified_lm, resize_embeddings, save_unified_lm
@@ -59,6 +58,7 @@ from unitok.lm.text_tokenizer import (
     train_bpe_tokenizer,
     vocabulary_for,
 )
+from unitok.lm.training import run_lm_cli
 from unitok.vocabulary import VOCABULARY_FILE, UnifiedVocabulary
 
 GRID, CODEBOOK = (2, 3), 24
@@ -420,7 +420,7 @@ def test_cli_fits_resumes_exports_and_the_export_loads_with_plain_transformers(t
 
     # Resume: the run continues at step 2, so only 2 of the 4 steps run again.
     write_config(config, tmp_path, max_steps=4)
-    cli = lm_training.main(["--config", str(config)], run=False)
+    cli = run_lm_cli(["--config", str(config)], run=False)
     steps_run = []
     training_step = cli.model.training_step
     cli.model.training_step = lambda batch, batch_idx: steps_run.append(batch_idx) or training_step(batch, batch_idx)
@@ -452,7 +452,7 @@ def test_image_position_table_is_trained_checkpointed_and_exported(tmp_path):
     write_code_shards(tmp_path / "val", 4, seed=1)
     config = tmp_path / "lm.yaml"
     write_config(config, tmp_path, max_steps=2, image_positions=True)
-    cli = lm_training.main(["--config", str(config)], run=False)
+    cli = run_lm_cli(["--config", str(config)], run=False)
     initial = image_position_table(cli.model.model).weight.detach().clone()
     cli.trainer.fit(cli.model, cli.datamodule)
     trained = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["state_dict"][f"model.{ATTRIBUTE}.weight"]
@@ -473,6 +473,21 @@ def test_shipped_configs_parse(name, capsys):
         unitok_main(["lm", "fit", "--config", f"configs/lm/{name}.yaml", "--print_config"])
     assert exit_info.value.code == 0
     assert "train_shards" in capsys.readouterr().out
+
+
+def test_the_rewriting_stage_is_stage_one_plus_its_overrides(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        unitok_main(["lm", "fit", "--config", "configs/lm/shapes-tiny.yaml",
+                     "--config", "configs/lm/shapes-tiny-rewrite.yaml", "--print_config"])
+    assert exit_info.value.code == 0
+    import yaml
+
+    composed = yaml.safe_load(capsys.readouterr().out)
+    assert composed["model"]["pretrained"] == "runs/shapes-tiny/export"  # stage 2's own
+    assert composed["data"]["rewriting"] == 0.15 and composed["trainer"]["max_time"] == "00:00:15:00"
+    assert [c["init_args"].get("dirpath") for c in composed["trainer"]["callbacks"]] == [
+        "runs/shapes-tiny-rewrite/checkpoints", None]  # the list is replaced, not appended to
+    assert composed["data"]["text_to_image"] == 0.7 and composed["model"]["image_positions"]  # from stage 1
 
 
 def test_codebook_and_grid_come_from_the_image_tokenizer(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from generation.sampler import rewrite_prompts
+from generation.sampler import generate_rewrites
 from unitok.data import shapes
 from unitok.data.shards import ShardWriter
 from unitok.lm.data import CodeShardDataModule
@@ -88,5 +88,5 @@ def test_tiny_lm_overfits_both_directions_and_rewrites(tmp_path, one_thread):
              for row in written.tolist()]
     assert texts == captions
 
-    restated = rewrite_prompts(model, vocab, [encode_text(tokenizer, p[0]) for p in paraphrases], max_new_tokens=80)
+    restated = generate_rewrites(model, vocab, [encode_text(tokenizer, p[0]) for p in paraphrases], max_new_tokens=80)
     assert [decode_text(tokenizer, ids) for ids in restated] == captions

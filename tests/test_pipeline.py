@@ -10,24 +10,20 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_models import TINY_IMAGE_TOKENIZER, tiny_pipeline
 
 from generation.pipeline import UniTokPipeline
-from generation.random_model import random_pipeline
 from tokenizer.model import VQTokenizer
 from unitok.errors import UserError
 from unitok.lm.image_positions import detached_image_positions, image_position_table
-from unitok.lm.model import ScratchConfig, save_unified_lm
+from unitok.lm.model import save_unified_lm
 
-TINY_LM = ScratchConfig(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=2, intermediate_size=64,
-                        max_positions=64)
-TINY_IMAGE_TOKENIZER = dict(image_size=16, block_out_channels=(8, 16, 16), norm_num_groups=4,
-                            latent_channels=8, quantizer="fsq", fsq_levels=(4, 4, 3))  # 48 codes
 PROMPTS = ["a red circle", "a large blue square at the top left on a white background"]
 
 
 @pytest.fixture(scope="module")
 def pipe() -> UniTokPipeline:
-    pipeline = random_pipeline(TINY_LM, TINY_IMAGE_TOKENIZER, text_vocab_size=290)
+    pipeline = tiny_pipeline()
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
@@ -78,7 +74,7 @@ def test_save_and_load_round_trip(pipe, tmp_path):
 
 
 def test_an_lm_with_an_image_position_table_round_trips_in_full_and_half_precision(tmp_path):
-    pipe = random_pipeline(TINY_LM, TINY_IMAGE_TOKENIZER, text_vocab_size=290, image_positions=True)
+    pipe = tiny_pipeline(image_positions=True)
     pipe.set_progress_bar_config(disable=True)
     table = image_position_table(pipe.lm)
     torch.nn.init.normal_(table.weight, std=1.0)
@@ -231,9 +227,9 @@ def test_consensus_counts_identical_readings_per_image():
     assert reads_as_its_prompt(readings, prompts, 4).tolist() == [True] * 4 + [False] * 4
 
 
-def test_consensus_weight_adds_the_log_count_of_each_candidates_reading(pipe, monkeypatch):
-    import generation.pipeline as pipeline_module
-    from generation.rerank import candidate_generators, prompt_log_likelihood
+def test_consensus_weight_adds_the_log_count_of_each_candidates_reading(pipe):
+    from generation.rerank import candidate_generators, prompt_log_likelihood, read_candidates, rerank
+    from unitok.lm.sequences import reading_budget
 
     settings = dict(temperature=1.0, guidance_scale=1.0, output_type="latent")
     derived = candidate_generators(seeded(3), rows=3, candidates=6)
@@ -247,24 +243,24 @@ def test_consensus_weight_adds_the_log_count_of_each_candidates_reading(pipe, mo
             return text_ids[0]  # ...and, for one candidate of the third image, its prompt word for word
         return [int(codes.sum()) % 3]
 
-    seen_lengths = []
-
-    def fake_captions(lm, vocab, codes, max_new_tokens):
-        seen_lengths.append(max_new_tokens)
-        return [reading(grid) for grid in codes]
-
-    monkeypatch.setattr(pipeline_module, "generate_captions", fake_captions)
+    readings = [reading(grid) for grid in drawn]
     groups = drawn.view(3, 6, 4, 4)
     counts = torch.tensor([[sum(reading(o) == reading(c) for o in group) for c in group] for group in groups])
     assert (counts[:2] != counts[:2, :1]).any()  # the readings differ, so the weight can change the choice
     for weight in (0.0, 1.0, 1e6):
-        chosen = pipe(prompts, num_candidates=6, consensus_weight=weight, generator=seeded(3), batch_size=5,
-                      **settings).images
+        chosen = rerank(pipe.lm, pipe.vocabulary, drawn, text_ids, candidates=6, consensus_weight=weight,
+                        batch_size=5, readings=readings)
         bonus = weight * counts.float().log()
         bonus[2] = 0.0  # the third image's prompt is one of its readings: likelihood alone
         best = (likelihood + bonus).argmax(1)
         assert torch.equal(chosen, groups[torch.arange(3), best]), weight
-    assert seen_lengths and set(seen_lengths) == {64 - 18}  # the tiny LM's context less [<boi> 16 codes <eoi>]
+    # The pipeline reranks the same way, with the model's own readings of the candidates...
+    real = read_candidates(pipe.lm, pipe.vocabulary, drawn, batch_size=5)
+    expected = rerank(pipe.lm, pipe.vocabulary, drawn, text_ids, candidates=6, consensus_weight=2.0, readings=real)
+    chosen = pipe(prompts, num_candidates=6, consensus_weight=2.0, generator=seeded(3), batch_size=5, **settings)
+    assert torch.equal(chosen.images, expected)
+    # ...which run to what the tiny LM's context leaves after [<boi> 16 codes <eoi>].
+    assert reading_budget(pipe.vocabulary, 64) == 64 - 18 and max(map(len, real)) <= 64 - 18
     with pytest.raises(UserError, match="consensus_weight"):
         pipe(PROMPTS, num_candidates=2, temperature=1.0, consensus_weight=-1.0)
 
@@ -286,26 +282,32 @@ def test_prompt_log_likelihood_is_the_captioning_log_probability(pipe):
         torch.testing.assert_close(score, expected, atol=1e-4, rtol=1e-4)
 
 
-def test_rewriting_draws_and_reranks_from_the_lms_restatement_of_each_prompt(pipe, monkeypatch):
-    import generation.pipeline as pipeline_module
-    from unitok.lm.text_tokenizer import encode_text
+class Restating(UniTokPipeline):
+    """A pipeline whose LM restates the first prompt it is given and leaves the others as they are
+    (a trained rewriter's behaviour, without training one)."""
 
-    restatement = encode_text(pipe.text_tokenizer, "a large red circle at the top on a black background")
-    asked = []
+    restatement = "a large red circle at the top on a black background"
 
-    def fake_rewrites(lm, vocab, text_ids, max_new_tokens):  # the first prompt restated, the second unfinished
-        asked.append((list(map(list, text_ids)), max_new_tokens))
-        return [restatement, None][: len(text_ids)]
+    def rewrite_prompts(self, prompts, batch_size=16):
+        self.asked = list(prompts)
+        return [self.restatement, *prompts[1:]]
 
-    monkeypatch.setattr(pipeline_module, "rewrite_prompts", fake_rewrites)
+
+def test_rewriting_draws_and_reranks_from_the_lms_restatement_of_each_prompt(pipe):
+    from unitok.lm.sequences import rewrite_budget
+
+    restating = Restating(**pipe.components, vocabulary=pipe.vocabulary)
+    restating.set_progress_bar_config(disable=True)
     settings = dict(temperature=1.0, guidance_scale=1.0, num_candidates=3, output_type="latent")
-    rewritten = pipe(PROMPTS, rewrite_prompts=True, generator=seeded(2), **settings)
-    # The tiny LM's 64 positions less the longest accepted prompt (45 ids) and <|rewrite|>: the same for every prompt.
-    assert asked == [([pipe.encode_prompt(p) for p in PROMPTS], 18)]
-    assert rewritten.drawn_prompts == ["a large red circle at the top on a black background", PROMPTS[1]]
+    rewritten = restating(PROMPTS, rewrite_prompts=True, generator=seeded(2), **settings)
+    assert restating.asked == PROMPTS
+    assert rewritten.drawn_prompts == [Restating.restatement, PROMPTS[1]]
     plain = pipe([rewritten.drawn_prompts[0], PROMPTS[1]], generator=seeded(2), **settings)
     assert torch.equal(rewritten.images, plain.images) and plain.drawn_prompts == [rewritten.drawn_prompts[0], PROMPTS[1]]
-    assert pipe.rewrite_prompt(PROMPTS[0]) == [rewritten.drawn_prompts[0]]
+    # The tiny LM's 64 positions less the longest accepted prompt (45 ids) and <|rewrite|>: the same for every prompt.
+    assert rewrite_budget(pipe.vocabulary, 64) == 18
+    # The random LM restates nothing within that budget, so each prompt is kept as it is.
+    assert pipe.rewrite_prompts(PROMPTS) == PROMPTS
 
 
 def test_rewriting_is_a_saved_default_and_needs_a_vocabulary_that_has_it(pipe, tmp_path, monkeypatch):
@@ -326,20 +328,20 @@ def test_rewriting_is_a_saved_default_and_needs_a_vocabulary_that_has_it(pipe, t
     with pytest.raises(UserError, match="cannot rewrite prompts"):
         pipe(PROMPTS[0], rewrite_prompts=True)
     with pytest.raises(UserError, match="cannot rewrite prompts"):
-        pipe.rewrite_prompt(PROMPTS[0])
+        pipe.rewrite_prompts(PROMPTS[0])
 
 
 def test_rewrite_prompts_tells_a_finished_rewrite_from_one_cut_at_the_limit(pipe):
     import copy
 
-    from generation.sampler import rewrite_prompts
+    from generation.sampler import generate_rewrites
 
     text_ids = [pipe.encode_prompt(p) for p in PROMPTS]
     lm = copy.deepcopy(pipe.lm)
     lm.lm_head.bias = torch.nn.Parameter(torch.zeros(lm.lm_head.out_features))
     with torch.no_grad():
         lm.lm_head.bias[pipe.vocabulary.eos_id] = 1e4  # EOS first: finished, empty
-    assert rewrite_prompts(lm, pipe.vocabulary, text_ids, max_new_tokens=5) == [[], []]
+    assert generate_rewrites(lm, pipe.vocabulary, text_ids, max_new_tokens=5) == [[], []]
     with torch.no_grad():
         lm.lm_head.bias[pipe.vocabulary.eos_id] = -1e4  # never EOS: cut at the limit
-    assert rewrite_prompts(lm, pipe.vocabulary, text_ids, max_new_tokens=5) == [None, None]
+    assert generate_rewrites(lm, pipe.vocabulary, text_ids, max_new_tokens=5) == [None, None]

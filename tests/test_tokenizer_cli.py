@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from tiny_models import TINY_VQ
 
 from tokenizer import VQTokenizer
 from tokenizer.images import array_to_tensor
@@ -15,8 +16,7 @@ from unitok.cli import main
 from unitok.data.shapes_shards import write_shapes_shards
 from unitok.data.shards import iterate_samples
 
-TINY = dict(image_size=32, block_out_channels=[8, 16], layers_per_block=1, norm_num_groups=4, latent_channels=16, quantizer="vq",
-            codebook_size=32, codebook_dim=4)
+TINY = TINY_VQ
 
 
 @pytest.fixture(scope="module")

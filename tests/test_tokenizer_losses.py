@@ -9,7 +9,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tokenizer.cli import run_lightning_cli
 from tokenizer.losses import (
     PatchDiscriminator,
     PerceptualLoss,
@@ -18,6 +17,7 @@ from tokenizer.losses import (
     hinge_generator_loss,
     vgg16_features,
 )
+from tokenizer.training import run_tokenizer_cli
 from unitok.data.shapes_shards import write_shapes_shards
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "tokenizer"
@@ -70,7 +70,7 @@ def test_imagenet256_reference_config_runs_one_step_on_cpu(vgg_weights, tmp_path
     """The GPU config as written (f16, 16x16 codes, 16384 codes, GAN + perceptual), forced onto a CPU."""
     write_shapes_shards(tmp_path / "train", num=4, size=256, seed=0, split="train", progress=False)
     write_shapes_shards(tmp_path / "val", num=2, size=256, seed=0, split="val", progress=False)
-    run_lightning_cli([
+    run_tokenizer_cli([
         "fit", "--config", str(CONFIGS / "imagenet256.yaml"),
         "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
         "--trainer.precision", "32-true", "--trainer.max_steps", "2", "--trainer.val_check_interval", "1",

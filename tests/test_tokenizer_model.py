@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_models import TINY_VQ
 
 from tokenizer import VQTokenizer
 from tokenizer.images import pil_to_tensor, square_resize, tensor_to_pil
 
-TINY = dict(image_size=32, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, latent_channels=16, quantizer="vq",
-            codebook_size=64, codebook_dim=4)
+TINY = {**TINY_VQ, "codebook_size": 64}
 
 
 def tiny(**overrides) -> VQTokenizer:

@@ -11,15 +11,15 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from tiny_models import TINY_VQ
 
 from tokenizer.data import TokenizerDataModule
 from tokenizer.training import NonFiniteLossError, TokenizerModule
 from unitok.data.shapes import random_scene, render
 from unitok.data.shapes_shards import write_shapes_shards
-from unitok.data.shards import ShardWriter, encode_png
+from unitok.data.shards import ShardWriter
 
-TINY = dict(image_size=32, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, latent_channels=16, quantizer="vq",
-            codebook_size=32, codebook_dim=4)
+TINY = TINY_VQ
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def test_corrupt_members_are_skipped_and_counted(shards, tmp_path):
     rng = np.random.default_rng(0)
     with ShardWriter(tmp_path / "broken", prefix="broken") as writer:
         for index in range(12):
-            image = encode_png(render(random_scene(rng), 32))
+            image = render(random_scene(rng), 32)
             writer.write({"__key__": f"s{index:03d}", "png": b"not a png" if index % 4 == 0 else image, "txt": "x"})
     data = data_module({"train": tmp_path / "broken", "val": tmp_path / "broken"}, batch_size=3)
     batches = list(data.val_dataloader())

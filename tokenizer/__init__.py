@@ -1,8 +1,8 @@
 """The image tokenizer: images <-> grids of discrete codes (``VQTokenizer``).
 
 ``tokenizer.images`` holds the PIL conventions, ``tokenizer.training`` / ``tokenizer.data`` the
-Lightning training, ``tokenizer.cli`` and ``tokenizer.extract`` the ``unitok tokenizer`` and
-``unitok tokenize`` commands.
+Lightning training, ``tokenizer.export`` and ``tokenizer.code_shards`` what ``unitok tokenizer
+export`` and ``unitok tokenize`` run.
 """
 
 from tokenizer.model import VQTokenizer

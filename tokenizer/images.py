@@ -14,18 +14,13 @@ import torch
 from einops import rearrange
 from PIL import Image
 
+from unitok.data.images import center_square, to_rgb
+
 
 def square_resize(image: Image.Image, size: int) -> Image.Image:
-    """Center-crop to a square (the shorter side) and resize to ``size`` (Lanczos, antialiased)."""
-    image = image.convert("RGB")
-    width, height = image.size
-    side = min(width, height)
-    if width != height:
-        left, top = (width - side) // 2, (height - side) // 2
-        image = image.crop((left, top, left + side, top + side))
-    if side != size:
-        image = image.resize((size, size), Image.Resampling.LANCZOS)
-    return image
+    """The central square of ``image`` at ``size`` px (Lanczos, antialiased), in RGB as
+    ``unitok.data.images.to_rgb`` makes it (transparency on white, 16-bit scaled)."""
+    return center_square(to_rgb(image), size, resample=Image.Resampling.LANCZOS)
 
 
 def array_to_tensor(pixels: np.ndarray) -> torch.Tensor:

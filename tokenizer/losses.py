@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,6 @@ def _load_vgg_features(path: Path) -> dict[str, torch.Tensor]:
             "(.safetensors or .pth) or set perceptual_weight: 0"
         )
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         state = load_file(str(path))
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)

@@ -4,7 +4,7 @@ The whole model is in this file: diffusers' VQGAN-style ``Encoder``/``Decoder`` 
 quantizer from vector-quantize-pytorch, chosen by ``quantizer`` in the config:
 
 - ``"vq"``: ``VectorQuantize`` with cosine similarity, low-dimensional codes, k-means init and
-  dead-code replacement (the best codebook use we measured, see ECOSYSTEM-NOTES);
+  dead-code replacement (the best codebook use of the quantizers we compared);
 - ``"fsq"``: finite scalar quantization (no codebook to learn; size = product of ``fsq_levels``);
 - ``"lfq"``: lookup-free quantization (``codebook_size`` must be a power of two);
 - ``"residual"``: ``ResidualVQ`` with ``num_quantizers`` stages of the ``vq`` settings. Its codes
@@ -27,6 +27,7 @@ from diffusers.models.autoencoders.vae import Decoder, Encoder
 from diffusers.models.modeling_utils import ModelMixin
 from einops import rearrange
 from torch import nn
+from vector_quantize_pytorch import FSQ, LFQ, ResidualVQ, VectorQuantize
 
 QUANTIZERS = ("vq", "fsq", "lfq", "residual")
 
@@ -141,8 +142,8 @@ class VQTokenizer(ModelMixin, ConfigMixin):
 
     def quantize_latents(self, latents: torch.Tensor) -> QuantizerOutput:
         h, w = latents.shape[-2:]
-        # Channel-last sequences: vector-quantize-pytorch's image-fmap mode mis-projects when
-        # codebook_dim != dim (ECOSYSTEM-NOTES).
+        # Channel-last sequences: vector-quantize-pytorch's image-fmap mode (accept_image_fmap)
+        # projects codes back onto the width axis when codebook_dim != dim.
         sequence = rearrange(latents, "b c h w -> b (h w) c").float()
         with torch.autocast(device_type=latents.device.type, enabled=False):  # codebooks stay fp32 under mixed precision
             return self._quantize_sequence(sequence, h, w)
@@ -186,8 +187,8 @@ class VQTokenizer(ModelMixin, ConfigMixin):
         """Rebuild the quantizer with cross-process codebook sync, keeping its state.
 
         vector-quantize-pytorch decides sync at construction, but Lightning builds the model before
-        DDP starts the process group; without sync only rank 0's data would drive the EMA
-        (ECOSYSTEM-NOTES). The saved config keeps ``sync_codebook`` as it was, so a single-process
+        DDP starts the process group; without sync only rank 0's data would drive the EMA.
+        The saved config keeps ``sync_codebook`` as it was, so a single-process
         ``from_pretrained`` never needs a process group.
         """
         if self.config.quantizer not in ("vq", "residual") or self.config.sync_codebook is False:
@@ -211,8 +212,6 @@ class VQTokenizer(ModelMixin, ConfigMixin):
 
 
 def _build_quantizer(config, sync_codebook: bool | None = None) -> nn.Module:
-    from vector_quantize_pytorch import FSQ, LFQ, ResidualVQ, VectorQuantize
-
     vq_settings = dict(
         codebook_size=config.codebook_size, codebook_dim=config.codebook_dim, use_cosine_sim=True,
         kmeans_init=config.kmeans_init, threshold_ema_dead_code=config.threshold_ema_dead_code,

@@ -18,8 +18,12 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.cli import LightningCLI
+from matplotlib.figure import Figure
+from PIL import Image
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+from tokenizer.data import TokenizerDataModule
 from tokenizer.images import tensor_to_pil
 from tokenizer.losses import (
     PatchDiscriminator,
@@ -28,13 +32,16 @@ from tokenizer.losses import (
     hinge_generator_loss,
 )
 from tokenizer.model import VQTokenizer
+from unitok.atomic import atomic_file
 from unitok.callbacks import SaveFinalCheckpoint
+from unitok.errors import UserError
+from unitok.lightning_runs import launch_cli
 from unitok.schedules import warmup_cosine_factor
 
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError):
     """Training produced NaN/inf; the run stops before the bad step touches weights or checkpoints."""
 
 
@@ -238,18 +245,13 @@ class TokenizerModule(L.LightningModule):
 
     def _write_grid(self, originals: torch.Tensor, reconstructions: torch.Tensor) -> None:
         """Top row originals, bottom row reconstructions, one PNG per validation."""
-        from PIL import Image
-
         tiles = tensor_to_pil(torch.cat([originals, reconstructions]))
         count, (width, height) = originals.shape[0], tiles[0].size
         grid = Image.new("RGB", (count * width, 2 * height))
         for index, tile in enumerate(tiles):
             grid.paste(tile, ((index % count) * width, (index // count) * height))
-        folder = self.run_dir / "reconstructions"
-        folder.mkdir(parents=True, exist_ok=True)
-        temporary = folder / f".step-{self.global_step:07d}.png.tmp"
-        grid.save(temporary, format="PNG")
-        temporary.replace(folder / f"step-{self.global_step:07d}.png")
+        with atomic_file(self.run_dir / "reconstructions" / f"step-{self.global_step:07d}.png") as path:
+            grid.save(path, format="PNG")
 
 
 def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -259,25 +261,20 @@ def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def write_usage_histogram(counts: torch.Tensor, path: Path) -> Path:
-    """Bar plot of validation hits per code, sorted: shows at a glance how evenly codes are used."""
-    import matplotlib
+    """Bar plot of validation hits per code, sorted: shows at a glance how evenly codes are used.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    A plain matplotlib ``Figure`` (no pyplot): nothing global such as the backend is changed."""
     ordered = counts.sort(descending=True).values.numpy()
     used = int((counts > 0).sum())
-    figure, axis = plt.subplots(figsize=(8, 3))
+    figure = Figure(figsize=(8, 3))
+    axis = figure.subplots()
     axis.bar(range(len(ordered)), ordered, width=1.0)
     axis.set_xlabel("code (sorted by use)")
     axis.set_ylabel("hits on validation")
     axis.set_title(f"codebook usage: {used}/{len(ordered)} codes ({100 * used / len(ordered):.1f}%)")
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temporary)
-    plt.close(figure)
-    temporary.replace(path)
+    with atomic_file(path) as temporary:
+        figure.savefig(temporary)
     return path
 
 
@@ -286,3 +283,13 @@ def _last_checkpoint(trainer: L.Trainer | None) -> str | None:
     if callback is None:
         return None
     return getattr(callback, "last_model_path", None) or getattr(callback, "best_model_path", None) or None
+
+
+def run_tokenizer_cli(args: list[str], run: bool = True) -> LightningCLI:
+    """``unitok tokenizer fit|validate ...``: LightningCLI over ``TokenizerModule`` and its data.
+
+    No sanity validation by default: k-means codebook init runs on the first forward even under
+    no_grad, so a sanity pass would initialise the codebook from validation data.
+    """
+    return launch_cli(TokenizerModule, TokenizerDataModule, args, run=run,
+                      trainer_defaults={"num_sanity_val_steps": 0, "default_root_dir": "runs/tokenizer"})

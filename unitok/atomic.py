@@ -1,13 +1,41 @@
-"""Atomic writes of whole folders: readers see the previous folder or the complete new one."""
+"""Atomic writes of files and folders: a reader sees the previous version or the complete new one.
+
+Every file or folder UniTok writes as an output (exports, images, reports, shards, checkpoints)
+goes through one of these two, so an interrupted run never leaves a half-written file that looks
+finished where a good one was.
+"""
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def _temporary_sibling(target: Path, suffix: str = "") -> Path:
+    # A fresh name each time (two writers of one file never share a temporary), created with the
+    # default permissions: tempfile.mkstemp/mkdtemp would make outputs readable by their owner only.
+    return target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp{suffix}")
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write; on success it replaces ``path``.
+
+    The temporary name ends in ``path``'s suffix, so writers that choose a format by extension
+    (Pillow, matplotlib) write the right one. On an exception it is removed and ``path`` is kept.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_sibling(target, target.suffix)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -19,12 +47,12 @@ def atomic_directory(out_dir: str | os.PathLike) -> Iterator[Path]:
     """
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = _temporary_sibling(out)
+    tmp.mkdir()
     try:
         yield tmp
         if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+            old = _temporary_sibling(out)
             os.replace(out, old)
             os.replace(tmp, out)
             shutil.rmtree(old)

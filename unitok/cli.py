@@ -1,9 +1,9 @@
 """The ``unitok`` console command.
 
-Subcommands are listed here by name only and imported when used, so ``unitok --help`` starts in
-well under a second without importing torch, transformers or diffusers. Each command module
-provides ``add_arguments(parser)`` and ``run(args) -> int``; command modules import heavy
-libraries inside ``run``, not at module level.
+Every subcommand is the module ``unitok.commands.<name>``, listed here by name only and imported
+when used, so ``unitok --help`` starts in well under a second without importing torch,
+transformers or diffusers. A command module provides ``add_arguments(parser)`` and
+``run(args) -> int`` and imports heavy libraries inside ``run``, not at module level.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import importlib
 import sys
 from dataclasses import dataclass
 
+from unitok import DISTRIBUTION
 from unitok.errors import UserError
 
 
@@ -22,16 +23,16 @@ class Command:
     summary: str
 
 
-COMMANDS: dict[str, Command] = {
-    "data": Command("unitok.commands.data", "write training shards (Shapes scenes or your own image folder)"),
-    "tokenizer": Command("tokenizer.cli", "train, validate or export the image tokenizer (LightningCLI)"),
-    "tokenize": Command("tokenizer.extract", "pre-extract image codes from image shards into code shards"),
-    "lm": Command("unitok.lm.cli", "train or export the unified language model (LightningCLI)"),
-    "generate": Command("generation.cli_generate", "text-to-image: draw images for prompts"),
-    "caption": Command("generation.cli_caption", "image captioning: describe images"),
-    "serve": Command("unitok.api.cli", "serve captioning and text-to-image over HTTP"),
-    "eval": Command("unitok.evaluation.cli", "evaluate a model (Shapes scene accuracy)"),
-}
+COMMANDS: dict[str, Command] = {name: Command(f"unitok.commands.{name}", summary) for name, summary in (
+    ("data", "write training shards (Shapes scenes or your own image folder)"),
+    ("tokenizer", "train, validate or export the image tokenizer (LightningCLI)"),
+    ("tokenize", "pre-extract image codes from image shards into code shards"),
+    ("lm", "train or export the unified language model (LightningCLI)"),
+    ("generate", "text-to-image: draw images for prompts"),
+    ("caption", "image captioning: describe images"),
+    ("serve", "serve captioning and text-to-image over HTTP"),
+    ("eval", "evaluate a model (Shapes scene accuracy)"),
+)}
 
 
 def _top_parser() -> argparse.ArgumentParser:
@@ -50,7 +51,7 @@ def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return version("unitok")
+        return version(DISTRIBUTION)
     except PackageNotFoundError:
         return "unknown"
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from unitok.atomic import atomic_file
 from unitok.errors import UserError
 
 VOCABULARY_FILE = "unitok_vocabulary.json"
@@ -157,10 +158,8 @@ class UnifiedVocabulary:
 
     def save(self, directory: str | os.PathLike) -> Path:
         path = Path(directory) / VOCABULARY_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return path
 
     @classmethod

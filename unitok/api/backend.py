@@ -9,13 +9,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import torch
 from PIL import Image
 
-if TYPE_CHECKING:
-    from generation.pipeline import UniTokPipeline
+from generation.pipeline import UniTokPipeline
 
 
 @dataclass(frozen=True)
@@ -92,15 +91,6 @@ class PipelineBackend:
 def load_backend(model_dir: str | os.PathLike, device: str | None = None,
                  max_caption_tokens: int = 64) -> PipelineBackend:
     """Load a saved pipeline folder for serving; the model's name is the folder's name."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    from generation.pipeline import UniTokPipeline
-
-    # Loading bars and advice about optional packages are noise in a server log.
-    for library in (diffusers_logging, transformers_logging):
-        library.set_verbosity_error()
-        library.disable_progress_bar()
     folder = Path(model_dir).resolve()
     pipeline = UniTokPipeline.from_pretrained(folder)
     pipeline.configure_runtime(device)  # logs how it runs; raises UserError for an unusable device

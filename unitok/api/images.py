@@ -1,24 +1,23 @@
 """Turning untrusted request bytes into PIL images, and the limits that keep the server alive.
 
-Everything here runs before an image reaches the model: base64 decoding, format sniffing,
-the pixel-count check that stops decompression bombs *before* any pixel is decoded, and the
-truncation check. Each refusal is an ``ApiError`` whose message says what to send instead.
+Decoding is ``unitok.data.images.load_image`` (the loader of every stage: format sniffing, the
+pixel-count check before any pixel is decoded, EXIF orientation, transparency on white); here its
+refusals become ``ApiError``s whose message says what to send instead.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import io
 import re
 from dataclasses import dataclass
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from unitok.api.errors import ApiError
+from unitok.data.images import USER_FORMATS, ImageError, load_image
 
-# Formats with mature decoders; rarer ones (TIFF, PSD, ...) widen the attack surface for no gain.
-ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+ALLOWED_FORMATS = USER_FORMATS
 _DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
 _REMOTE_URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 
@@ -56,30 +55,21 @@ def decode_base64_image(text: str, index: int) -> bytes:
 
 def open_image(data: bytes, name: str, limits: Limits) -> Image.Image:
     """Decode one image fully, refusing empty, unknown, oversized and truncated inputs."""
-    if not data:
-        raise ApiError(400, f"{name}: empty file (0 bytes)", "invalid_image")
     try:
-        image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-    except UnidentifiedImageError:
-        raise ApiError(415, f"{name}: not an image in a supported format ({', '.join(ALLOWED_FORMATS)})",
-                       "unsupported_image") from None
-    except Image.DecompressionBombError:
-        raise _too_many_pixels(name, None, limits) from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ApiError(400, f"{name}: unreadable image header ({error})", "invalid_image") from None
-    # Image.open read only the header: the size is known, no pixel has been decoded yet.
-    width, height = image.size
-    if width * height > limits.max_image_pixels:
-        raise _too_many_pixels(name, (width, height), limits)
-    try:
-        image.load()
-        return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ApiError(400, f"{name}: the image data is truncated or corrupt ({error})", "invalid_image") from None
+        return load_image(data, formats=ALLOWED_FORMATS, max_pixels=limits.max_image_pixels).image
+    except ImageError as error:
+        raise _refusal(error, name, limits) from None
 
 
-def _too_many_pixels(name: str, size: tuple[int, int] | None, limits: Limits) -> ApiError:
-    # Without a size, Pillow's own (higher) decompression-bomb limit refused the header first.
-    shown = f"is {size[0]}x{size[1]} pixels" if size else "has far too many pixels"
-    return ApiError(400, f"{name}: image {shown}; the limit is {limits.max_image_pixels} pixels "
-                         "(width x height). Downscale it before sending.", "image_too_large")
+def _refusal(error: ImageError, name: str, limits: Limits) -> ApiError:
+    if error.reason == ImageError.EMPTY:
+        return ApiError(400, f"{name}: empty file (0 bytes)", "invalid_image")
+    if error.reason == ImageError.NOT_IMAGE:
+        return ApiError(415, f"{name}: not an image in a supported format ({', '.join(ALLOWED_FORMATS)})",
+                        "unsupported_image")
+    if error.reason == ImageError.TOO_LARGE:
+        # Without a size, Pillow's own (higher) decompression-bomb limit refused the header first.
+        shown = f"is {error.size[0]}x{error.size[1]} pixels" if error.size else "has far too many pixels"
+        return ApiError(400, f"{name}: image {shown}; the limit is {limits.max_image_pixels} pixels "
+                             "(width x height). Downscale it before sending.", "image_too_large")
+    return ApiError(400, f"{name}: the image data is truncated or corrupt ({error.detail})", "invalid_image")

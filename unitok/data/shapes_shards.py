@@ -10,7 +10,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from unitok.data import shapes
-from unitok.data.shards import ShardWriter, encode_png
+from unitok.data.shards import ShardWriter
 
 SPLITS = ("train", "val")
 VAL_BUCKETS = 20  # one scene in 20 belongs to val; train never contains a val scene
@@ -56,7 +56,7 @@ def write_shapes_shards(
             }
             writer.write({
                 "__key__": f"{split}-{index:07d}",
-                "png": encode_png(shapes.render(scene, size)),
+                "png": shapes.render(scene, size),
                 "txt": shapes.canonical_caption(scene),
                 "json": meta,
             })

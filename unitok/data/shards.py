@@ -7,13 +7,13 @@ A sample is a dict of members keyed by extension, as webdataset stores them:
 ``txt`` is the reference caption (what captioning should produce). ``json`` may carry
 ``"paraphrases": [...]``: other phrasings of the same image, used only as text-to-image prompts.
 
-The reader follows ../ECOSYSTEM notes for DDP: training streams are resampled with an explicit
-node splitter and a fixed epoch length so every rank sees the same number of batches; validation
-gives every rank the whole set.
+For DDP, training streams are resampled with an explicit node splitter and a fixed epoch length
+so every rank sees the same number of batches; validation gives every rank the whole set.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import io
 import json
@@ -23,9 +23,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import braceexpand
 import numpy as np
 import webdataset as wds
-from PIL import Image
+
+from unitok.atomic import atomic_file
+from unitok.data.images import load_image
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +42,9 @@ def shard_urls(source: str | os.PathLike | list[str]) -> list[str]:
     text = str(source)
     path = Path(text)
     if path.is_dir():
-        urls = sorted(str(p) for p in path.glob("*.tar"))
+        # Hidden names are partial shards of an interrupted writer (``unitok.atomic``), not data.
+        urls = sorted(str(p) for p in path.glob("*.tar") if not p.name.startswith("."))
     elif "{" in text:
-        import braceexpand
-
         urls = list(braceexpand.braceexpand(text))
     elif any(ch in text for ch in "*?["):
         urls = sorted(glob.glob(text))
@@ -60,17 +62,20 @@ def shard_urls(source: str | os.PathLike | list[str]) -> list[str]:
 class ShardWriter:
     """Writes samples into numbered tar shards ``{prefix}-{index:06d}.tar`` in ``out_dir``.
 
-    Each shard is written under a temporary name and renamed when complete, so an interrupted
-    run never leaves a truncated shard that looks finished.
+    Members are encoded by webdataset from their extension (a PIL image under ``png``, an array
+    under ``codes.npy``, a dict under ``json``; bytes are stored as they are). Each shard is
+    written atomically (``unitok.atomic.atomic_file``), so an interrupted run never leaves a
+    truncated shard that looks finished; the shards finished before it are kept.
     """
 
     def __init__(self, out_dir: str | os.PathLike, prefix: str, max_count: int = 2000):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.prefix, self.max_count = prefix, max_count
-        self.shard_index, self.count_in_shard, self.total = 0, 0, 0
+        self.count_in_shard, self.total = 0, 0
+        self._shard: contextlib.ExitStack | None = None  # the open shard's writer and atomic file
         self._writer: wds.TarWriter | None = None
-        self._tmp_path: Path | None = None
+        self._final: Path | None = None
         self.paths: list[Path] = []
 
     def write(self, sample: dict[str, Any]) -> None:
@@ -82,20 +87,21 @@ class ShardWriter:
         self.total += 1
 
     def _open_shard(self) -> None:
-        final = self.out_dir / f"{self.prefix}-{self.shard_index:06d}.tar"
-        self._tmp_path = final.with_suffix(".tar.tmp")
-        self._writer = wds.TarWriter(str(self._tmp_path))
+        self._final = self.out_dir / f"{self.prefix}-{len(self.paths):06d}.tar"
+        self._shard = contextlib.ExitStack()
+        self._writer = wds.TarWriter(str(self._shard.enter_context(atomic_file(self._final))))
+        self._shard.callback(self._writer.close)
         self.count_in_shard = 0
 
-    def _finish_shard(self) -> None:
-        if self._writer is None:
+    def _finish_shard(self, error: BaseException | None = None) -> None:
+        if self._shard is None:
             return
-        self._writer.close()
-        final = self._tmp_path.with_suffix("")
-        os.replace(self._tmp_path, final)
-        self.paths.append(final)
-        self.shard_index += 1
-        self._writer = None
+        shard, self._shard, self._writer = self._shard, None, None
+        if error is None:
+            shard.close()  # closes the tar, then renames it into place
+            self.paths.append(self._final)
+        else:  # closes the tar and removes it; the shards finished before it stay
+            shard.__exit__(type(error), error, error.__traceback__)
 
     def close(self) -> None:
         self._finish_shard()
@@ -104,17 +110,7 @@ class ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        elif self._writer is not None:  # keep finished shards, drop the partial one
-            self._writer.close()
-            self._tmp_path.unlink(missing_ok=True)
-
-
-def encode_png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+        self._finish_shard(exc)
 
 
 class SkipCounter:
@@ -131,12 +127,15 @@ class SkipCounter:
 
 
 def _decode_sample(raw: dict[str, Any]) -> dict[str, Any]:
-    """Turn raw tar members into ``image`` (uint8 HWC RGB), ``codes``, ``caption`` and ``meta``."""
+    """Turn raw tar members into ``image`` (uint8 HWC RGB), ``codes``, ``caption`` and ``meta``.
+
+    Only these members are decoded, on purpose: webdataset's default decoders would also unpickle
+    ``pyd``/``pth`` members, and shards may come from anyone.
+    """
     sample: dict[str, Any] = {"key": raw["__key__"]}
     for ext in IMAGE_EXTENSIONS:
         if ext in raw:
-            with Image.open(io.BytesIO(raw[ext])) as image:
-                sample["image"] = np.asarray(image.convert("RGB"))
+            sample["image"] = np.asarray(load_image(raw[ext]).image)
             break
     if "codes.npy" in raw:
         sample["codes"] = np.load(io.BytesIO(raw["codes.npy"]), allow_pickle=False)

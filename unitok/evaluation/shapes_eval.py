@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
+from unitok.atomic import atomic_file
 from unitok.data import shapes
 from unitok.data.shapes_shards import scenes_for_split
 
@@ -209,7 +210,6 @@ def write_report(evaluation: ShapesEvaluation, out_dir: str | os.PathLike) -> di
         "grid": lambda p: example_grid(evaluation.examples).save(p, format="PNG"),
     }
     for name, path in paths.items():
-        tmp = path.with_name(path.name + ".tmp")
-        payloads[name](tmp)
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            payloads[name](tmp)
     return paths

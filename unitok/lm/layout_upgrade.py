@@ -4,9 +4,9 @@ The special tokens sit between the text ids and the image codes (``unitok.vocabu
 special added to UniTok (``<|rewrite|>``) shifts every code id by one. An export saved before it
 keeps its own layout and loads as it is for drawing and captioning; to train a task that needs the
 new token (continue training with ``model.pretrained: <export>``) the new rows are inserted where
-the layout puts them: the code rows move up, the new rows are drawn like ``resize_embeddings``
-draws new rows (the text rows' per-dimension mean and std), and the tokenizer is re-extended so
-it names every id where the new layout puts it. Nothing learned is changed.
+the layout puts them: the code rows move up, the new rows come from ``draw_new_rows``, and the
+tokenizer is re-extended so it names every id where the new layout puts it. Nothing learned is
+changed.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from tokenizers import Tokenizer
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from unitok.errors import UserError
+from unitok.lm.embedding_rows import draw_new_rows
 from unitok.lm.text_tokenizer import extend_tokenizer
 from unitok.vocabulary import SPECIALS, UnifiedVocabulary
 
@@ -69,10 +70,8 @@ def _insert_rows(model: PreTrainedModel, at: int, count: int, text_size: int, se
         new_weights.append(model.get_output_embeddings().weight)
     with torch.no_grad():
         for weight, before in zip(new_weights, old, strict=True):
-            text = before[:text_size].float()
-            noise = torch.randn(count, text.shape[1], generator=generator)
             weight[:at] = before[:at]
-            weight[at : at + count] = (text.mean(0) + text.std(0) * noise).to(weight.dtype)
+            weight[at : at + count] = draw_new_rows(before[:text_size], count, generator)
             weight[at + count :] = before[at:]
     bias = getattr(model.get_output_embeddings(), "bias", None)
     if bias is not None:  # resize appended the new entries at the end: move them into place

@@ -23,8 +23,10 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from tokenizer.model import VQTokenizer
 from unitok.atomic import atomic_directory
 from unitok.errors import UserError
+from unitok.lm.embedding_rows import draw_new_rows
 from unitok.lm.image_positions import image_positions_saved_apart, load_image_positions
 from unitok.lm.layout_upgrade import add_missing_specials
 from unitok.lm.text_tokenizer import check_tokenizer, extend_tokenizer, vocabulary_for
@@ -104,7 +106,7 @@ def build_pretrained_lm(
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
     except OSError as error:
         raise UserError(f"cannot load the causal LM {name_or_path!r}: {error}") from error
-    # A config object shared with another model would be resized with it (ECOSYSTEM-NOTES).
+    # A config object shared with another model would be resized with it: give this one its own.
     model.config = copy.deepcopy(model.config)
     vocab = vocabulary_for(tokenizer, codebook_size, grid)
     extend_tokenizer(tokenizer, vocab)
@@ -114,13 +116,9 @@ def build_pretrained_lm(
 
 
 def resize_embeddings(model: PreTrainedModel, vocab: UnifiedVocabulary, seed: int = 0) -> None:
-    """Give the model exactly ``vocab.size`` rows; rows from ``vocab.text_size`` on are new.
-
-    HF's ``mean_resizing`` makes the new rows nearly identical (ECOSYSTEM-NOTES), so image codes
-    would start indistinguishable. We draw each new row from a normal with the per-dimension mean
-    and std of the text rows instead: distinct rows at the scale the network expects. An untied
-    output head gets the same treatment; a tied one follows the input embedding.
-    """
+    """Give the model exactly ``vocab.size`` rows; rows from ``vocab.text_size`` on are new, drawn
+    by ``draw_new_rows``. An untied output head gets the same treatment; a tied one follows the
+    input embedding."""
     old_input = model.get_input_embeddings().weight.detach().clone()
     old_output = model.get_output_embeddings()
     old_output = None if old_output is None else old_output.weight.detach().clone()
@@ -130,11 +128,9 @@ def resize_embeddings(model: PreTrainedModel, vocab: UnifiedVocabulary, seed: in
     for embedding, old in ((model.get_input_embeddings(), old_input), (model.get_output_embeddings(), old_output)):
         if embedding is None or old is None or (tied and embedding is model.get_output_embeddings()):
             continue
-        text = old[: vocab.text_size].float()
-        mean, std = text.mean(0), text.std(0)
-        noise = torch.randn(vocab.size - vocab.text_size, text.shape[1], generator=generator)
         with torch.no_grad():
-            embedding.weight[vocab.text_size:] = (mean + std * noise).to(embedding.weight.dtype)
+            rows = draw_new_rows(old[: vocab.text_size], vocab.size - vocab.text_size, generator)
+            embedding.weight[vocab.text_size:] = rows.to(embedding.weight.dtype)
     if model.config.get_text_config().vocab_size != vocab.size:
         raise RuntimeError(f"resizing left config.vocab_size at {model.config.vocab_size}, expected {vocab.size}")
 
@@ -179,3 +175,18 @@ def load_unified_lm(
     if device is not None:
         model = model.to(device)
     return model.eval(), tokenizer, vocab
+
+
+def check_parts(
+    vocabulary: UnifiedVocabulary, lm: PreTrainedModel, text_tokenizer: PreTrainedTokenizerBase, image_tokenizer: VQTokenizer
+) -> None:
+    """Fail with a clear message unless the three parts fit the vocabulary layout."""
+    if image_tokenizer.config.quantizer == "residual":
+        raise UserError("the pipeline needs one code per grid cell; a residual (multi-code) image tokenizer "
+                        "does not fit the unified vocabulary")
+    vocabulary.check_compatible(
+        codebook_size=image_tokenizer.codebook_size,
+        grid=image_tokenizer.grid_size,
+        lm_vocab_size=lm.get_input_embeddings().num_embeddings,
+    )
+    check_tokenizer(text_tokenizer, vocabulary)

@@ -7,7 +7,6 @@ The checkpoint carries everything an export needs (HF config, tokenizer files, v
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -15,10 +14,13 @@ from typing import Any
 
 import lightning as L
 import torch
+from transformers import AutoTokenizer
 
+from tokenizer.model import VQTokenizer
 from unitok.callbacks import SaveFinalCheckpoint
 from unitok.errors import UserError
-from unitok.lm.image_positions import ATTRIBUTE, attach_image_positions, lm_forward
+from unitok.lm.data import caption_texts
+from unitok.lm.image_positions import attach_image_positions, lm_forward
 from unitok.lm.model import ScratchConfig, build_pretrained_lm, build_scratch_lm
 from unitok.lm.sequences import IGNORE, LOSS_GROUPS, TASKS, next_token_losses
 from unitok.lm.text_tokenizer import train_bpe_tokenizer
@@ -33,8 +35,6 @@ def image_geometry(
 ) -> tuple[int, tuple[int, int]]:
     """Codebook size and grid: from the image tokenizer's folder, or given; never contradictory."""
     if image_tokenizer is not None:
-        from tokenizer.model import VQTokenizer
-
         try:
             vq = VQTokenizer.from_pretrained(image_tokenizer)
         except (OSError, ValueError) as error:
@@ -102,8 +102,6 @@ class UnifiedLMModule(L.LightningModule):
             if tokenizer_captions is None:
                 raise UserError("a from-scratch LM trains its BPE on captions: set model.tokenizer_captions "
                                 "(or data.train_shards), or give model.pretrained")
-            from unitok.lm.data import caption_texts
-
             self.text_tokenizer = train_bpe_tokenizer(caption_texts(tokenizer_captions, bpe_max_samples), bpe_vocab_size)
             self.model, self.vocabulary = build_scratch_lm(
                 self.text_tokenizer, codebook_size, grid, scratch)
@@ -200,40 +198,8 @@ def tokenizer_files(tokenizer) -> dict[str, str]:
 
 
 def restore_tokenizer(files: dict[str, str]):
-    from transformers import AutoTokenizer
-
+    """The tokenizer saved by ``tokenizer_files``."""
     with tempfile.TemporaryDirectory() as tmp:
         for name, text in files.items():
             (Path(tmp) / name).write_text(text)
         return AutoTokenizer.from_pretrained(tmp)
-
-
-def export_checkpoint(checkpoint_path: str, out_dir: str) -> Path:
-    """Lightning checkpoint -> plain HF folder (see ``save_unified_lm``), without the training data."""
-    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
-
-    from unitok.lm.model import save_unified_lm
-
-    try:
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"no checkpoint at {checkpoint_path}") from None
-    if CHECKPOINT_KEY not in checkpoint:
-        raise UserError(f"{checkpoint_path} is not a UniTok LM checkpoint (no {CHECKPOINT_KEY!r} entry)")
-    stored = checkpoint[CHECKPOINT_KEY]
-    config_dict = json.loads(stored["hf_config"])
-    config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
-    model = AutoModelForCausalLM.from_config(config)
-    vocab = UnifiedVocabulary.from_dict(stored["vocabulary"])
-    state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-    if f"{ATTRIBUTE}.weight" in state:
-        attach_image_positions(model, vocab)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    # Tied output weights may be stored under one name only; anything else missing is an error.
-    missing = [k for k in missing if not (k.endswith("lm_head.weight") and config.tie_word_embeddings)]
-    if missing or unexpected:
-        raise UserError(f"checkpoint weights do not fit its model config: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    model.tie_weights()
-    model.generation_config = GenerationConfig.from_dict(json.loads(stored["generation_config"]))
-    tokenizer = restore_tokenizer(stored["tokenizer_files"])
-    return save_unified_lm(model.eval(), tokenizer, vocab, out_dir)

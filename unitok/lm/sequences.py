@@ -11,7 +11,8 @@ Rewriting teaches the LM to restate any phrasing of a prompt as the reference ca
 when captioning, so generation can draw and rerank in the one language its captioner judges well.
 
 Prompts for generation are the same sequences cut where the model takes over, left-padded into
-a batch. Every consumer (training, the sampler, the API) builds them with these functions.
+a batch. Every consumer (training, the sampler, the API) builds them with these functions, and
+the context budgets (how long a prompt or a written text may be) are computed here too.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from unitok.vocabulary import UnifiedVocabulary
 
 IGNORE = -100  # label of positions that carry no loss (torch cross_entropy's ignore_index)
+WRITTEN_TOKENS = 64  # the most text ids the LM writes on its own for a reading (caption) or a rewrite
 TASKS = ("text_to_image", "captioning", "rewriting")  # index = the ``task`` value in a batch
 # Tasks by the modality of their targets; the training loss averages one token mean per group.
 LOSS_GROUPS = {"image codes": ("text_to_image",), "text": ("captioning", "rewriting")}
@@ -192,3 +194,42 @@ def captioning_prompt(codes: torch.Tensor, vocab: UnifiedVocabulary) -> Prompt:
     if code_ids.ndim != 2:
         raise ValueError(f"codes must be (batch, h, w), got shape {tuple(torch.as_tensor(codes).shape)}")
     return left_pad([_bos(vocab) + _image_segment(row, vocab) for row in code_ids.tolist()], vocab)
+
+
+# -- context budgets ---------------------------------------------------------------------------
+# ``context`` is the number of positions the LM was built for (None: no known limit).
+
+
+def image_segment_length(vocab: UnifiedVocabulary) -> int:
+    """Positions of ``[bos] <|boi|> codes <|eoi|>``, the start of a captioning sequence."""
+    return len(_bos(vocab)) + 2 + vocab.tokens_per_image
+
+
+def prompt_room(vocab: UnifiedVocabulary, context: int | None) -> int | None:
+    """Prompt tokens that fit the context next to a whole image (None: no limit).
+
+    The longest sequence a prompt takes part in is reranking's captioning sequence
+    ``[bos] <|boi|> codes <|eoi|> prompt <eos>`` (drawing's ``[bos] prompt <|boi|> codes <|eoi|>``
+    is one shorter), so that is the one counted: every setting accepts the same prompts.
+    """
+    return None if context is None else context - image_segment_length(vocab) - 1  # - <eos>
+
+
+def written_budget(context: int | None, prefix_length: int) -> int:
+    """``WRITTEN_TOKENS``, or fewer where the context ends sooner after ``prefix_length`` positions."""
+    return WRITTEN_TOKENS if context is None else max(1, min(WRITTEN_TOKENS, context - prefix_length))
+
+
+def reading_budget(vocab: UnifiedVocabulary, context: int | None) -> int:
+    """Caption tokens a reading of an image may run to: what the context leaves after the image."""
+    return written_budget(context, image_segment_length(vocab))
+
+
+def rewrite_budget(vocab: UnifiedVocabulary, context: int | None) -> int:
+    """Tokens a rewrite may run to: what the context leaves after the longest accepted prompt's
+    ``[bos] prompt <|rewrite|>``, and no more than a prompt may have. The same for every prompt,
+    so a prompt's rewrite never depends on the prompts beside it in a batch."""
+    room = prompt_room(vocab, context)
+    if room is None:
+        return WRITTEN_TOKENS
+    return max(1, min(room, written_budget(context, len(_bos(vocab)) + room + 1)))

@@ -1,11 +1,10 @@
-"""LightningCLI entry point for LM training (``unitok lm fit|validate``)."""
+"""LightningCLI for LM training (``unitok lm fit|validate``): the module, its data, one link."""
 
 from __future__ import annotations
 
-import warnings
-
 from lightning.pytorch.cli import LightningCLI
 
+from unitok.lightning_runs import launch_cli
 from unitok.lm.data import CodeShardDataModule
 from unitok.lm.module import UnifiedLMModule
 
@@ -16,11 +15,6 @@ class UnifiedLMCLI(LightningCLI):
         parser.link_arguments("data.train_shards", "model.tokenizer_captions")
 
 
-def main(args: list[str] | None = None, run: bool = True) -> UnifiedLMCLI:
+def run_lm_cli(args: list[str], run: bool = True) -> UnifiedLMCLI:
     """Parse ``args`` (``fit --config ...``; without the subcommand when ``run=False``) and run."""
-    # `unitok lm` passes its own argument list on purpose; sys.argv still holds "unitok lm ...".
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-    return UnifiedLMCLI(
-        UnifiedLMModule, CodeShardDataModule, args=args,
-        save_config_kwargs={"overwrite": True}, run=run,
-    )
+    return launch_cli(UnifiedLMModule, CodeShardDataModule, args, cli_class=UnifiedLMCLI, run=run)

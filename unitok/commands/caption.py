@@ -2,7 +2,7 @@
 
 Plain output is one caption a line; ``--json`` prints one JSON object a line with ``image`` (the
 path as given) and ``caption``. Every image is read before the model loads, so an unreadable file
-fails fast and names itself.
+fails fast and names itself. Images are read as training data is (``unitok.data.images``).
 """
 
 from __future__ import annotations
@@ -10,7 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from generation.cli_common import add_runtime_arguments, check_runtime_arguments, load_pipeline, show_progress
+from unitok.commands._options import (
+    add_runtime_arguments,
+    check_runtime_arguments,
+    load_pipeline,
+    show_progress,
+)
 from unitok.errors import UserError
 
 
@@ -26,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     check_runtime_arguments(args)
     if args.max_new_tokens <= 0:
         raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    images = [_read_image(path) for path in args.images]
+    images = [read_image(path) for path in args.images]
     pipeline = load_pipeline(args)
 
     from tqdm.auto import tqdm
@@ -42,11 +47,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_image(path: str):
-    from PIL import Image, UnidentifiedImageError
+def read_image(path: str):
+    """The image at ``path`` as every stage reads it, or a one-line error naming the file."""
+    from unitok.data.images import USER_FORMATS, ImageError, load_image
 
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
+        return load_image(path, formats=USER_FORMATS).image
+    except (OSError, ImageError) as error:
         raise UserError(f"cannot read image {path}: {error}") from None

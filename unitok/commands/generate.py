@@ -16,12 +16,19 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from generation.cli_common import add_runtime_arguments, check_runtime_arguments, load_pipeline, show_progress
+from unitok.atomic import atomic_file
+from unitok.commands._options import (
+    add_runtime_arguments,
+    add_sampling_arguments,
+    check_runtime_arguments,
+    load_pipeline,
+    sampling_values,
+    show_progress,
+)
 from unitok.errors import UserError
 
 
@@ -29,28 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompt", nargs="?", help="what to draw (or use --prompts-file)")
     parser.add_argument("--prompts-file", metavar="FILE", help="one prompt a line; images go to --out DIR")
     parser.add_argument("-n", "--num-images", type=int, default=1, metavar="N", help="images per prompt (default 1)")
-    parser.add_argument("--guidance", type=float, default=None, metavar="G",
-                        help="classifier-free guidance scale; 1 = no guidance (default: the model's own, "
-                             "from its model_index.json)")
     parser.add_argument("--seed", type=int, default=0, help="base seed (default 0); see the module docs")
     parser.add_argument("--out", default=None, metavar="PATH",
                         help="an image file (out.png) or a folder; default out.png, or out/ with --prompts-file")
     parser.add_argument("--grid", action="store_true", help="one grid image per prompt instead of one file per image")
-    parser.add_argument("--temperature", type=float, default=None,
-                        help="sampling temperature; 0 = greedy (default: the model's own)")
-    parser.add_argument("--top-k", type=int, default=None, metavar="K",
-                        help="sample among the K most likely codes; 0 = off (default: the model's own)")
-    parser.add_argument("--top-p", type=float, default=None, metavar="P",
-                        help="nucleus sampling mass in (0, 1]; 1 = off (default: the model's own)")
-    parser.add_argument("--candidates", type=int, default=None, metavar="K",
-                        help="draw K candidates per image and keep the one whose prompt the model finds likeliest "
-                             "as its caption; needs temperature > 0 (default: the model's own)")
-    parser.add_argument("--consensus-weight", type=float, default=None, metavar="W",
-                        help="when reranking, add W x log(candidates the model reads as the same caption); "
-                             "0 = off (default: the model's own)")
-    parser.add_argument("--rewrite-prompts", action=argparse.BooleanOptionalAction, default=None,
-                        help="draw from the model's restatement of each prompt in its own captioning words "
-                             "(models trained with rewriting; default: the model's own)")
+    add_sampling_arguments(parser)
     add_runtime_arguments(parser, default_batch_size=8)
 
 
@@ -62,10 +52,12 @@ class Job:
 
 def run(args: argparse.Namespace) -> int:
     jobs = _jobs(args)
-    _check_numbers(args)
+    if args.num_images <= 0:
+        raise UserError(f"-n must be >= 1, got {args.num_images}")
+    sampling = sampling_values(args)
     check_runtime_arguments(args)
     out = _output_target(args)
-    pipeline = load_pipeline(args)
+    pipeline = load_pipeline(args, progress=show_progress(args))
     for job in jobs:  # fail before drawing anything, naming the line
         try:
             pipeline.encode_prompt(job.prompt)
@@ -82,12 +74,8 @@ def run(args: argparse.Namespace) -> int:
         for start in range(0, len(jobs), per_chunk):
             chunk = jobs[start:start + per_chunk]
             generators = [torch.Generator().manual_seed(args.seed + job.line * n + k) for job in chunk for k in range(n)]
-            output = pipeline(
-                [job.prompt for job in chunk], num_images_per_prompt=n, guidance_scale=args.guidance,
-                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, num_candidates=args.candidates,
-                consensus_weight=args.consensus_weight, rewrite_prompts=args.rewrite_prompts, generator=generators,
-                batch_size=args.batch_size,
-            )
+            output = pipeline([job.prompt for job in chunk], num_images_per_prompt=n, generator=generators,
+                              batch_size=args.batch_size, **sampling)
             images = output.images
             for i, job in enumerate(chunk):
                 if output.drawn_prompts[i] != job.prompt:
@@ -114,23 +102,6 @@ def _jobs(args: argparse.Namespace) -> list[Job]:
     if not jobs:
         raise UserError(f"the prompts file {args.prompts_file} has no prompts")
     return jobs
-
-
-def _check_numbers(args: argparse.Namespace) -> None:
-    if args.num_images <= 0:
-        raise UserError(f"-n must be >= 1, got {args.num_images}")
-    if args.guidance is not None and not math.isfinite(args.guidance):
-        raise UserError(f"--guidance must be a finite number, got {args.guidance}")
-    if args.temperature is not None and (not math.isfinite(args.temperature) or args.temperature < 0):
-        raise UserError(f"--temperature must be a finite number >= 0, got {args.temperature}")
-    if args.candidates is not None and args.candidates < 1:
-        raise UserError(f"--candidates must be >= 1, got {args.candidates}")
-    if args.consensus_weight is not None and (not math.isfinite(args.consensus_weight) or args.consensus_weight < 0):
-        raise UserError(f"--consensus-weight must be a finite number >= 0, got {args.consensus_weight}")
-    if args.top_k is not None and args.top_k < 0:
-        raise UserError(f"--top-k must be >= 0, got {args.top_k}")
-    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
-        raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
 
 
 @dataclass(frozen=True)
@@ -179,11 +150,8 @@ def _write(images: list, job: Job, out: Target, grid: bool) -> list[Path]:
 
 
 def _save_atomically(image, path: Path, image_format: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        image.save(tmp, format=image_format)
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            image.save(tmp, format=image_format)
     except OSError as error:
-        tmp.unlink(missing_ok=True)
         raise UserError(f"cannot write {path}: {error}") from None

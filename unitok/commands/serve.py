@@ -12,6 +12,13 @@ import logging
 import os
 import sys
 
+from unitok.commands._options import (
+    add_model_arguments,
+    check_runtime_arguments,
+    quiet_library_logging,
+    set_threads,
+)
+from unitok.default_model import resolve_model_dir
 from unitok.errors import UserError
 
 API_KEY_ENV = "UNITOK_API_KEY"
@@ -20,13 +27,9 @@ API_KEY_ENV = "UNITOK_API_KEY"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default: %(default)s)")
-    parser.add_argument("--model", metavar="DIR", default=None,
-                        help="a saved UniTok pipeline folder (default: the model shipped with the package)")
-    parser.add_argument("--device", default=None,
-                        help="cpu, cuda, cuda:1... (default: cuda when available, else cpu)")
-    parser.add_argument("--torch-threads", type=int, default=None, metavar="N",
-                        help="CPU threads per model call (default: torch's, one per core). 1 is much faster "
-                             "on a machine whose cores other programs keep busy")
+    add_model_arguments(parser)
+    # The flag's name before `--threads` became the one name for it in every command.
+    parser.add_argument("--torch-threads", type=int, dest="threads", help=argparse.SUPPRESS)
     parser.add_argument("--max-batch", type=int, default=16,
                         help="most items (images) per model call; 1 turns micro-batching off (default: %(default)s)")
     parser.add_argument("--max-wait-ms", type=float, default=10.0,
@@ -46,8 +49,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from generation.default_model import resolve_model_dir
-
     model_dir = resolve_model_dir(args.model)  # fails fast, before the heavy imports below
     import torch
 
@@ -66,10 +67,9 @@ def run(args: argparse.Namespace) -> int:
                              "--max-wait-ms non-negative")
     except ValueError as error:
         raise UserError(str(error)) from None
-    if args.torch_threads is not None:
-        if args.torch_threads < 1:
-            raise UserError(f"--torch-threads must be at least 1, got {args.torch_threads}")
-        torch.set_num_threads(args.torch_threads)  # also holds in the model's worker thread
+    check_runtime_arguments(args)
+    set_threads(args)  # also holds in the model's worker thread
+    quiet_library_logging()
     backend = load_backend(model_dir, device=args.device, max_caption_tokens=args.max_caption_tokens)
     api_key = os.environ.get(API_KEY_ENV) or None
     logging.getLogger("unitok.api").info(

@@ -1,8 +1,8 @@
 """``unitok lm``: train/validate the unified LM (LightningCLI) and export it as a plain HF folder.
 
-``unitok lm fit|validate ...`` hands every following argument to LightningCLI, so ``--config``,
-``--print_config``, ``--ckpt_path`` and dotted overrides work as Lightning documents them.
-``unitok lm export CKPT OUT_DIR`` is ours.
+``unitok lm fit|validate ...`` hands every following argument to LightningCLI, so ``--config``
+(several compose: later ones override), ``--print_config``, ``--ckpt_path`` and dotted overrides
+work as Lightning documents them. ``unitok lm export CKPT OUT_DIR`` is ours (``unitok.lm.export``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the action")
 
 
+def run(args: argparse.Namespace) -> int:
+    if args.action == "export":
+        return _export(args.rest)
+    from unitok.lm.training import run_lm_cli
+
+    run_lm_cli([args.action, *args.rest])
+    return 0
+
+
 def _export(rest: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="unitok lm export",
                                      description="Lightning checkpoint -> Hugging Face folder loadable "
@@ -27,19 +36,9 @@ def _export(rest: list[str]) -> int:
     parser.add_argument("checkpoint", help="a .ckpt written by `unitok lm fit`")
     parser.add_argument("out_dir", help="output folder (replaced atomically if it exists)")
     args = parser.parse_args(rest)
-    from unitok.lm.module import export_checkpoint
+    from unitok.lm.export import export_lm
 
     start = time.perf_counter()
-    out = export_checkpoint(args.checkpoint, args.out_dir)
+    out = export_lm(args.checkpoint, args.out_dir)
     print(f"exported {args.checkpoint} to {out} in {time.perf_counter() - start:.1f} s")
     return 0
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.action == "export":
-        return _export(args.rest)
-    from unitok.lm.training import main
-
-    main([args.action, *args.rest])
-    return 0
-

@@ -1,0 +1,126 @@
+"""How a drawing call samples: the values a caller gives, the model's defaults for the rest, checked.
+
+``check_sampling_values`` is the one validation of every sampling value, for the pipeline's
+arguments and the command-line flags alike (``names`` says how to call a value in a message, so
+the CLI names its flags). ``DrawSettings.resolve`` fills in a model's saved defaults
+(``model_index.json``: ``default_guidance_scale``, ...). No torch here: the CLI checks its flags
+before importing anything heavy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from unitok.errors import UserError
+
+if TYPE_CHECKING:
+    from unitok.vocabulary import UnifiedVocabulary
+
+# The pipeline arguments that have a saved model default, each as ``default_<name>`` in its config.
+SAMPLING_VALUES = ("guidance_scale", "temperature", "top_k", "top_p", "num_candidates", "consensus_weight",
+                   "rewrite_prompts")
+
+
+def check_sampling_values(names: Mapping[str, str] | None = None, **values: Any) -> None:
+    """Raise ``UserError`` for a value no model can take (None: not given). ``names`` maps a value
+    to what the caller calls it, e.g. ``{"guidance_scale": "--guidance"}``."""
+    unknown = values.keys() - set(SAMPLING_VALUES)
+    if unknown:
+        raise TypeError(f"unknown sampling values {sorted(unknown)}")
+    names = names or {}
+
+    def refuse(name: str, rule: str) -> None:
+        raise UserError(f"{names.get(name, name)} must be {rule}, got {values[name]!r}")
+
+    def is_number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+    guidance = values.get("guidance_scale")
+    if guidance is not None:
+        scales = [guidance] if isinstance(guidance, int | float) else list(guidance)
+        if not all(is_number(s) for s in scales):
+            refuse("guidance_scale", "a finite number")
+    temperature = values.get("temperature")
+    if temperature is not None and not (is_number(temperature) and temperature >= 0):
+        refuse("temperature", "a finite number >= 0")
+    top_k = values.get("top_k")
+    if top_k is not None and not (isinstance(top_k, int) and not isinstance(top_k, bool) and top_k >= 0):
+        refuse("top_k", "an integer >= 0")
+    top_p = values.get("top_p")
+    if top_p is not None and not (is_number(top_p) and 0.0 < top_p <= 1.0):
+        refuse("top_p", "in (0, 1]")
+    candidates = values.get("num_candidates")
+    if candidates is not None and not (isinstance(candidates, int) and not isinstance(candidates, bool)
+                                       and candidates >= 1):
+        refuse("num_candidates", "an integer >= 1")
+    weight = values.get("consensus_weight")
+    if weight is not None and not (is_number(weight) and weight >= 0):
+        refuse("consensus_weight", "a finite number >= 0")
+    rewrite = values.get("rewrite_prompts")
+    if rewrite is not None and not isinstance(rewrite, bool):
+        refuse("rewrite_prompts", "True or False")
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How to turn logits into a token. ``temperature=0`` is greedy (argmax, no randomness)."""
+
+    temperature: float = 1.0
+    top_k: int | None = None  # keep the k most likely tokens (None or 0: all)
+    top_p: float | None = None  # keep the smallest set with probability >= top_p (None or 1: all)
+
+    def __post_init__(self) -> None:
+        check_sampling_values(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class DrawSettings:
+    """How one drawing call samples (``UniTokPipeline.__call__``)."""
+
+    options: SamplingOptions
+    guidance_scale: float | tuple[float, ...]  # one for every prompt, or one per prompt
+    num_candidates: int  # drawn per image, the best kept (``generation.rerank``)
+    consensus_weight: float  # used only when reranking (num_candidates > 1)
+    rewrite_prompts: bool
+
+    @classmethod
+    def resolve(cls, config: Any, vocabulary: UnifiedVocabulary, **given: Any) -> DrawSettings:
+        """The values ``given`` (None: not given), the model's ``config.default_<name>`` for the
+        rest; a ``UserError`` names what is wrong."""
+        values = {name: getattr(config, f"default_{name}") if given.get(name) is None else given[name]
+                  for name in SAMPLING_VALUES}
+        unknown = given.keys() - set(SAMPLING_VALUES)
+        if unknown:
+            raise TypeError(f"unknown sampling values {sorted(unknown)}")
+        check_sampling_values(**values)
+        options = SamplingOptions(values["temperature"], values["top_k"], values["top_p"])
+        if values["num_candidates"] > 1 and options.greedy:
+            raise UserError(f"{values['num_candidates']} candidates per image need sampling (temperature > 0): "
+                            "greedy decoding draws the same candidate every time")
+        if values["rewrite_prompts"]:
+            check_can_rewrite(vocabulary)
+        guidance = values["guidance_scale"]
+        return cls(options, float(guidance) if isinstance(guidance, int | float) else tuple(map(float, guidance)),
+                   values["num_candidates"], float(values["consensus_weight"]), values["rewrite_prompts"])
+
+    def scales_for(self, num_prompts: int) -> list[float]:
+        """One guidance scale per prompt."""
+        if isinstance(self.guidance_scale, float):
+            return [self.guidance_scale] * num_prompts
+        if len(self.guidance_scale) != num_prompts:
+            raise UserError(f"got {len(self.guidance_scale)} guidance scales for {num_prompts} prompts")
+        return list(self.guidance_scale)
+
+
+def check_can_rewrite(vocabulary: UnifiedVocabulary) -> None:
+    if not vocabulary.can_rewrite:
+        raise UserError("this model cannot rewrite prompts: its vocabulary has no <|rewrite|> token "
+                        "(an LM built before rewriting existed); draw without rewriting")
+

@@ -1,0 +1,47 @@
+"""``unitok tokenize``: pre-extract image codes from image shards into code shards for LM training
+(``tokenizer.code_shards``)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from unitok.commands._options import add_threads_argument, check_runtime_arguments, set_threads
+from unitok.errors import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tokenizer", required=True, help="a tokenizer folder (unitok tokenizer export)")
+    parser.add_argument("--shards", required=True, help="image shards: folder, glob or brace pattern")
+    parser.add_argument("--out", required=True, help="output folder for the code shards")
+    parser.add_argument("--prefix", help="shard file prefix (default: the output folder's name)")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per encoder batch")
+    parser.add_argument("--shard-size", type=int, default=5000, help="samples per output shard")
+    add_threads_argument(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    tokenizer_dir = Path(args.tokenizer)
+    if not (tokenizer_dir / "config.json").is_file():
+        raise UserError(f"{tokenizer_dir} is not a tokenizer folder (no config.json); make one with 'unitok tokenizer export'")
+    check_runtime_arguments(args)
+    from tokenizer.code_shards import tokenize_shards
+    from tokenizer.model import VQTokenizer
+    from unitok.data.shards import shard_urls
+
+    try:
+        shard_urls(args.shards)
+    except FileNotFoundError as error:
+        raise UserError(str(error)) from None
+    set_threads(args)
+    model = VQTokenizer.from_pretrained(tokenizer_dir, low_cpu_mem_usage=False).eval()  # no accelerate needed
+    start = time.perf_counter()
+    summary = tokenize_shards(model, args.shards, args.out, prefix=args.prefix or Path(args.out).name,
+                              name=tokenizer_dir.resolve().name, batch_size=args.batch_size,
+                              shard_size=args.shard_size)
+    elapsed = time.perf_counter() - start
+    print(f"tokenized {summary['written']} images into {summary['shards']} shards in {args.out} "
+          f"in {elapsed:.1f} s ({summary['written'] / max(elapsed, 1e-9):.0f} images/s); "
+          f"skipped {summary['skipped']} corrupt members")
+    return 0 if summary["written"] else 1
