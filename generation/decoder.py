@@ -1,22 +1,7 @@
-"""Step-by-step decoding of a left-padded batch through any Hugging Face causal LM, with a KV cache.
-
-Why not ``model.generate``: text-to-image with classifier-free guidance needs the conditional and
-the unconditional rows of each image in *one* forward pass (transformers runs the unconditional
-rows as a second, sequential model call), and sampling restricted to one id range (image codes
-or text). Both are easier and faster in a short loop of our own; the model itself stays a plain
-HF checkpoint called through its own ``forward``.
-
-What this class adds over calling the model in a loop:
-
-- one attention-mask buffer for the whole run (prompt mask, then ones): each step passes a slice
-  of it, nothing is concatenated per token;
-- per-row position ids that count from each row's first real token, so a left-padded row sees
-  exactly the positions it would see alone;
-- a restricted output head: after the prefill has checked that the model's logits are a plain
-  linear head over its last hidden state, steps run the decoder body only and multiply by the
-  head rows of the wanted id range (the 1,024 image codes, say, instead of the whole vocabulary);
-- the grid-cell rows of an LM with an image-position table (``unitok.lm.image_positions``), fed
-  as ``inputs_embeds`` with each row's slot carried from step to step.
+"""Step-by-step decoding of a left-padded batch through any Hugging Face causal LM, with a KV cache:
+guided and unguided rows in one forward pass, per-row positions, one mask buffer, the output head
+restricted to the wanted id range. Why a loop of our own instead of ``generate``:
+``docs/sampling.md``.
 """
 
 from __future__ import annotations

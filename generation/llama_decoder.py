@@ -1,25 +1,7 @@
-"""A fast decoding path for Llama LMs (the default model): static KV cache, no per-layer dispatch.
-
-On a CPU, a small LM's decode step is mostly overhead: transformers' Llama forward spends more
-time in Python (decorators, mask building, module calls, cache bookkeeping) than in its matrix
-products (measured: ~4.5 ms of ~9.5 ms per step for the default 3.8M-parameter model). This class
-restates the *inference* forward of ``LlamaForCausalLM`` as straight-line tensor code over the
-model's own weights and modules:
-
-- the KV cache is preallocated (``[rows, kv_heads, capacity, head_dim]`` per layer); every row
-  appends at the same column because rows are left-padded, so a step writes one slice;
-- the attention mask is one additive bias buffer sliced per step (no mask building);
-- projections are ``F.linear`` on the modules' weights, without the module call around them
-  (fusing q/k/v or gate/up into one product was measured: no gain on this CPU);
-- rotary embeddings come from the model's own ``rotary_emb`` module (so rope scaling variants
-  follow the config), computed once for every position the run can reach and gathered per step;
-- identical prompt rows (the unconditional rows of classifier-free guidance, a prompt repeated
-  for several images) are prefilled once and their cache rows copied;
-- the output head is restricted to the wanted id range;
-- an image-position table (``unitok.lm.image_positions``) adds its grid-cell rows to the inputs.
-
-Only ``LlamaForCausalLM`` with a plain configuration is accepted (``supports``); every other
-model takes the generic ``CachedDecoder`` path. Tests check both paths give the same logits.
+"""A fast decoding path for plain ``LlamaForCausalLM`` LMs (the default model): the inference
+forward restated as straight-line tensor code over the model's own weights, with a preallocated
+KV cache, one sliced attention bias and a restricted head (``docs/sampling.md`` says why). Every
+other model takes ``generation.decoder.CachedDecoder``; tests check both give the same logits.
 """
 
 from __future__ import annotations

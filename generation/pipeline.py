@@ -34,7 +34,7 @@ from unitok.default_model import resolve_model_dir
 from unitok.errors import UserError
 from unitok.lm.image_positions import image_positions_saved_apart, load_image_positions
 from unitok.lm.model import check_parts, load_unified_lm
-from unitok.lm.sequences import prompt_room, rewrite_budget
+from unitok.lm.sequences import image_segment_length, prompt_room, rewrite_budget
 from unitok.lm.text_tokenizer import decode_text, encode_text
 from unitok.vocabulary import UnifiedVocabulary
 
@@ -302,13 +302,17 @@ class UniTokPipeline(DiffusionPipeline):
         generator: Generators = None,
         batch_size: int = 32,
     ) -> list[str]:
-        """One caption per image (PIL images, or a ``[B, 3, H, W]`` tensor in [-1, 1]); greedy by default."""
+        """One caption per image (PIL images, or a ``[B, 3, H, W]`` tensor in [-1, 1]); greedy by
+        default. A caption ends at EOS, after ``max_new_tokens`` or where the LM's context ends."""
         if isinstance(images, Image.Image):
             images = [images]
         if not isinstance(images, torch.Tensor):
             images = pil_to_tensor(list(images), self.image_tokenizer.image_size)
         if max_new_tokens <= 0:
             raise UserError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        context = context_length(self.lm)
+        if context is not None:
+            max_new_tokens = max(1, min(max_new_tokens, context - image_segment_length(self.vocabulary)))
         options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p)
         generators = _per_row(generator, images.shape[0])
         captions = []

@@ -1,16 +1,7 @@
-"""Autoregressive sampling of image codes (text-to-image with batched CFG), of captions and of
-prompt rewrites.
-
-Rows and seeds. ``sample_image_codes`` makes ``len(prompts) * num_images_per_prompt`` images;
-image ``k`` of prompt ``i`` is row ``i * num_images_per_prompt + k``. Pass one generator per
-row to make every image depend only on its prompt, its guidance scale and its generator: then
-a batch of many prompts gives exactly the images that one-by-one calls with the same generators
-give (see ``token_choice.uniform_streams``).
-
-Classifier-free guidance. The conditional rows ``[bos] caption <|boi|>`` and as many
-unconditional rows ``[bos] <|uncond|> <|boi|>`` are left-padded into one batch and decoded
-together, sharing one forward pass and one KV cache per step; each image's unconditional row is
-fed the codes its conditional row sampled.
+"""Autoregressive sampling of image codes (text-to-image with batched classifier-free guidance:
+conditional and unconditional rows share each forward pass), of captions and of prompt rewrites.
+Image ``k`` of prompt ``i`` is row ``i * num_images_per_prompt + k``; one generator per row makes
+every image independent of its batch (``token_choice.uniform_streams``).
 """
 
 from __future__ import annotations

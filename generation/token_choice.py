@@ -1,13 +1,7 @@
 """Choosing the next token from logits: temperature, top-k, top-p, and per-row random streams.
 
-Randomness is drawn per *row* (one image, or one caption), never per batch: every row owns a
-``torch.Generator`` and draws all its uniforms up front, one per token it may emit. A row's
-choices therefore depend only on its own logits and its own stream, so the same seeds give the
-same images whether rows are generated together or one by one.
-
-Tokens are drawn by inverting the cumulative distribution in *id order* (not sorted order): a
-tiny numerical difference in the logits (another batch size, another padding length) moves the
-interval boundaries by as much, instead of reordering tokens whose probabilities tie.
+Every row owns its uniforms and tokens are drawn by inverting the CDF in id order, so the same
+seeds give the same images however rows are batched (``docs/sampling.md``).
 """
 
 from __future__ import annotations

@@ -101,8 +101,8 @@ class Server:
         command = [sys.executable, "-m", "unitok.cli", "serve", "--port", str(self.port), "--model", model,
                    "--max-batch", str(max_batch), "--max-wait-ms", str(args.max_wait_ms),
                    "--max-caption-tokens", str(args.max_caption_tokens)]
-        if args.torch_threads is not None:
-            command += ["--torch-threads", str(args.torch_threads)]
+        if args.threads is not None:
+            command += ["--threads", str(args.threads)]
         env = {k: v for k, v in os.environ.items() if k != "UNITOK_API_KEY"}
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log_path.open("w"), env=env)
 
@@ -198,7 +198,7 @@ def main() -> int:
     parser.add_argument("--max-wait-ms", type=float, default=10.0)
     parser.add_argument("--max-caption-tokens", type=int, default=24,
                         help="caption length cap (about a Shapes caption; default %(default)s)")
-    parser.add_argument("--torch-threads", type=int, default=None,
+    parser.add_argument("--threads", type=int, default=None,
                         help="passed to unitok serve (default: torch's own, one per core)")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--images", type=int, default=64, help="distinct test images")
@@ -208,7 +208,7 @@ def main() -> int:
         scratch = Path(tmp)
         model, which = _model_dir(args, scratch)
         print(which)
-        threads = args.torch_threads or "torch default"
+        threads = args.threads or "torch default"
         print(f"torch threads per server: {threads}; host: {os.cpu_count()} cores. Each request: 1 image "
               f"({args.image_size}x{args.image_size} PNG); max wait {args.max_wait_ms} ms.", flush=True)
         images = _test_images(args.images, args.image_size, seed=0)

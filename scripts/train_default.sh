@@ -39,7 +39,7 @@ stage() { echo "== $(date +%H:%M:%S) $*"; }
   $UNITOK lm export runs/shapes-tiny-rewrite/checkpoints/last.ckpt runs/shapes-tiny-rewrite/export; }
 
 stage "pipeline -> $ASSET"
-# Sampling defaults picked on held-out scenes the report does not use (README: "Sampling defaults").
+# Sampling defaults picked on held-out scenes the report does not use (docs/results.md: "Sampling defaults").
 $PY scripts/assemble_pipeline.py runs/shapes-tiny-rewrite/export runs/shapes64/export "$ASSET" --fp16 --guidance 1 --temperature 0.7 --candidates 16 --consensus-weight 4 --rewrite-prompts
 
 stage "evaluation"

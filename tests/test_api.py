@@ -20,6 +20,7 @@ import time
 import zlib
 
 import httpx
+import image_variants
 import numpy as np
 import pytest
 import torch
@@ -30,7 +31,7 @@ from unitok.api.app import Batching, create_app
 from unitok.api.backend import PipelineBackend
 from unitok.api.images import Limits
 from unitok.api.server import serve_in_background
-from unitok.data.shapes import random_scene, render
+from unitok.data.shapes import Scene, ShapeObject, random_scene, render
 from unitok.lm.model import ScratchConfig
 
 LIMITS = Limits(max_body_bytes=256 * 1024, max_images=4, max_image_pixels=128 * 128, max_prompt_chars=200, max_n=4)
@@ -160,6 +161,22 @@ def test_a_model_that_rewrites_prompts_reports_what_it_drew(client, backend, mon
     assert data[0]["revised_prompt"] == restated
     direct = backend.pipeline(restated, guidance_scale=2.0, generator=torch.Generator().manual_seed(3)).images[0]
     assert Image.open(io.BytesIO(base64.b64decode(data[0]["b64_json"]))).tobytes() == direct.tobytes()
+
+
+def test_turned_transparent_and_16_bit_images_are_read_as_their_upright_rgb_twins(client):
+    def caption(data: bytes) -> str:
+        return client.post("/v1/captions", files=[as_file(data)]).json()["captions"][0]
+
+    scene = Scene("white", (ShapeObject("top left", "large", "red", "circle"), ShapeObject("bottom", "small", "blue", "plus")))
+    upright = render(scene, 64)
+    expected = caption(image_variants.encoded(upright, "PNG"))
+    turned_pixels = image_variants.encoded(upright.transpose(Image.Transpose.ROTATE_90), "PNG")
+    assert caption(turned_pixels) != expected  # the model sees the difference, so the checks below mean something
+    assert caption(image_variants.exif_turned(upright, "PNG")) == expected
+    assert caption(image_variants.transparent(upright)) == expected
+    gray = upright.convert("L").convert("RGB")
+    assert caption(image_variants.gray16(gray)) == caption(image_variants.gray_alpha(gray)) \
+        == caption(image_variants.encoded(gray, "PNG"))
 
 
 def test_concurrent_requests_are_batched_and_match_serial_captions(url, client):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import image_variants
 import numpy as np
 import pytest
 import torch
@@ -116,6 +117,24 @@ def test_caption_prints_one_caption_per_image(capsys, model_dir, tmp_path):
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["image"] for r in rows] == list(map(str, images))
     assert [r["caption"] for r in rows] == plain
+
+
+def test_caption_reads_turned_and_transparent_files_as_their_upright_twins(capsys, tmp_path):
+    from unitok.data.shapes import Scene, ShapeObject, render
+
+    model_dir = tmp_path / "reader"
+    tiny_pipeline(initializer_range=0.3).save_pretrained(model_dir)
+    scene = Scene("white", (ShapeObject("top left", "large", "red", "circle"), ShapeObject("right", "small", "cyan", "square")))
+    upright = render(scene, 16)
+    files = {"upright.png": image_variants.encoded(upright, "PNG"),
+             "turned.png": image_variants.encoded(upright.transpose(Image.Transpose.ROTATE_90), "PNG"),
+             "phone.png": image_variants.exif_turned(upright, "PNG"), "rgba.png": image_variants.transparent(upright)}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    assert main(["caption", *(str(tmp_path / name) for name in files), "--model", str(model_dir), "--json"]) == 0
+    captions = {Path(row["image"]).name: row["caption"] for row in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert captions["turned.png"] != captions["upright.png"]  # the model sees the turn
+    assert captions["phone.png"] == captions["rgba.png"] == captions["upright.png"]
 
 
 @pytest.mark.parametrize("args, message", [

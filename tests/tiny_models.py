@@ -7,6 +7,8 @@
   transformers path) of the same small size, for the decoding tests.
 """
 
+import dataclasses
+
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -22,9 +24,11 @@ TINY_VQ = dict(image_size=32, block_out_channels=[8, 16], layers_per_block=1, no
                quantizer="vq", codebook_size=32, codebook_dim=4)
 
 
-def tiny_pipeline(**options):
-    """The random pipeline of ``TINY_LM`` and ``TINY_IMAGE_TOKENIZER`` (``random_pipeline`` options)."""
-    return random_pipeline(TINY_LM, TINY_IMAGE_TOKENIZER, text_vocab_size=290, **options)
+def tiny_pipeline(initializer_range: float = TINY_LM.initializer_range, **options):
+    """The random pipeline of ``TINY_LM`` and ``TINY_IMAGE_TOKENIZER`` (``random_pipeline`` options).
+    A wide ``initializer_range`` (0.3) makes its greedy captions depend on the image."""
+    lm = dataclasses.replace(TINY_LM, initializer_range=initializer_range)
+    return random_pipeline(lm, TINY_IMAGE_TOKENIZER, text_vocab_size=290, **options)
 
 
 def tiny_llama(text_tokenizer, codebook: int, grid: tuple[int, int], max_positions: int, tie_embeddings: bool = True):

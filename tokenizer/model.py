@@ -1,20 +1,8 @@
-"""The VQ image tokenizer: images in [-1, 1] <-> a grid of discrete codes.
+"""The VQ image tokenizer, whole: images in [-1, 1] <-> a grid of discrete codes.
 
-The whole model is in this file: diffusers' VQGAN-style ``Encoder``/``Decoder`` conv stacks and a
-quantizer from vector-quantize-pytorch, chosen by ``quantizer`` in the config:
-
-- ``"vq"``: ``VectorQuantize`` with cosine similarity, low-dimensional codes, k-means init and
-  dead-code replacement (the best codebook use of the quantizers we compared);
-- ``"fsq"``: finite scalar quantization (no codebook to learn; size = product of ``fsq_levels``);
-- ``"lfq"``: lookup-free quantization (``codebook_size`` must be a power of two);
-- ``"residual"``: ``ResidualVQ`` with ``num_quantizers`` stages of the ``vq`` settings. Its codes
-  have one more trailing axis: ``encode`` returns ``[B, h, w, num_quantizers]``.
-
-``ModelMixin`` + ``ConfigMixin`` make the model a ``save_pretrained`` folder (config.json +
-safetensors); the EMA codebook buffers are registered buffers, so they round-trip too.
-
-Conventions: images are float tensors ``[B, 3, H, W]`` in [-1, 1] (RGB, H = W = ``image_size``);
-``decode`` returns the same range, clamped. ``tokenizer.images`` converts to and from PIL.
+diffusers' VQGAN-style ``Encoder``/``Decoder`` and a vector-quantize-pytorch quantizer chosen by
+``quantizer``: ``vq`` (cosine, k-means init, dead-code replacement), ``fsq``, ``lfq`` or
+``residual`` (codes ``[B, h, w, Q]``). A ``ModelMixin`` + ``ConfigMixin`` folder model.
 """
 
 from __future__ import annotations

@@ -1,12 +1,8 @@
-"""The tokenizer's LightningModule: the research side of training (losses, metrics, pictures).
+"""The tokenizer's LightningModule (losses, metrics, pictures) and its LightningCLI launcher.
 
-Devices, precision, DDP/FSDP, checkpoints and logging cadence belong to the Trainer and are set
-in the YAML configs (``configs/tokenizer/*.yaml``). Optimization is manual so that the optional
-PatchGAN discriminator gets its own optimizer step after the generator's; without the GAN it is
-the same single optimizer step Lightning would take.
-
-Note on ``max_steps``: Lightning counts every optimizer step, so once the GAN is on each batch
-counts two (generator and discriminator).
+Devices, precision, DDP/FSDP and checkpoints belong to the Trainer (the YAML configs).
+Optimization is manual so an optional PatchGAN discriminator gets its own step after the
+generator's; Lightning then counts two optimizer steps per batch towards ``max_steps``.
 """
 
 from __future__ import annotations
@@ -62,7 +58,7 @@ class TokenizerModule(L.LightningModule):
         gan_start_step: optimizer step at which the adversarial loss starts.
         disc_learning_rate, disc_channels, disc_layers: the discriminator.
         grad_clip: gradient-norm clip of the tokenizer (0: no clipping).
-        channels_last: channels-last memory format (about 2x faster convolutions on CPU).
+        channels_last: channels-last memory format (faster convolutions on many CPUs).
         grid_images: originals/reconstructions written as a PNG grid at each validation.
     """
 

@@ -1,13 +1,8 @@
-"""The unified vocabulary: the single source of the id layout shared by text and image codes.
+"""The unified vocabulary: the one source of the id layout text and image codes share.
 
-Layout (contiguous, in this order)::
-
-    [0, text_size)                              the text tokenizer's own ids
-    [text_size, text_size + len(SPECIALS))      <|boi|> <|eoi|> <|uncond|> ...
-    [image_offset, image_offset + codebook)     image code k  ->  id image_offset + k
-
-It is saved as ``unitok_vocabulary.json`` beside the LM, so the exported LM stays a plain
-Hugging Face checkpoint and everything UniTok-specific lives in this one small file.
+``[0, text_size)`` text ids, then the specials (``<|boi|>`` ...), then image code ``k`` at
+``image_offset + k``. Saved as ``unitok_vocabulary.json`` beside the LM, which stays a plain
+Hugging Face checkpoint.
 """
 
 from __future__ import annotations

@@ -1,12 +1,8 @@
 """Micro-batching: coalesce items from concurrent requests into one model call.
 
-A model step on a batch of 16 costs little more than on a batch of 1, so a server that runs each
-request alone wastes most of its compute under load. Requests put their items (a caption request
-with k images puts k items) into one queue; a single worker takes up to ``max_batch`` items,
-waiting at most ``max_wait_ms`` after the first one for more to arrive, runs the model on them in
-a worker thread (the event loop keeps accepting requests meanwhile) and hands each caller back
-its own results. ``max_batch=1`` turns batching off. At most ``max_queue`` items wait: beyond
-that ``submit`` raises ``QueueFull`` at once, so a flood is refused instead of piling up memory.
+One worker takes up to ``max_batch`` queued items, waiting at most ``max_wait_ms`` after the
+first, runs the model on them in a worker thread and hands each caller its own results; beyond
+``max_queue`` waiting items ``submit`` refuses at once (``QueueFull``).
 """
 
 from __future__ import annotations

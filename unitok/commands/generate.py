@@ -1,15 +1,8 @@
 """``unitok generate``: draw images for one prompt or for every line of a prompts file.
 
-Seeds: image ``k`` of the prompt on line ``L`` (0-based; a single prompt is line 0) is drawn with
-seed ``--seed + L * n + k``, whatever the batch size. So ``unitok generate "P" --seed S`` gives
-the images that line ``L`` of a prompts file gives with ``--seed S - L * n``.
-
-Files: a single prompt goes to ``--out FILE`` (``FILE_k.png`` for image k when ``-n`` > 1 without
-``--grid``) or into ``--out DIR`` like a prompts file: ``DIR/{L:05d}.png`` or
-``DIR/{L:05d}_{k}.png``. ``--grid`` puts a prompt's images in one file. Every path written is
-printed on stdout; blank lines of a prompts file are skipped but keep their line numbers.
-A prompt the model rewrote before drawing (``--rewrite-prompts``, the default for models trained
-to) is reported on stderr with what was drawn.
+Image ``k`` of line ``L`` (0-based) is drawn with seed ``--seed + L * n + k``, whatever the batch
+size. A single prompt goes to ``--out FILE`` (``FILE_k.png`` per image) or a folder, a prompts
+file to ``DIR/{L:05d}.png`` or ``DIR/{L:05d}_{k}.png``; every path written is printed.
 """
 
 from __future__ import annotations

@@ -25,9 +25,9 @@ from unitok.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 # Photos are stored as JPEG, not PNG: at quality 95 with full-resolution chroma (4:4:4) the
-# re-encoding error is far below what an image tokenizer reconstructs, and the shards are about
-# 3x smaller than PNG: shard I/O is what streaming training waits on. webdataset's own JPEG
-# encoder uses quality 100 with subsampled chroma, hence ours.
+# re-encoding error is far below what an image tokenizer reconstructs, and the shards are much
+# smaller (docs/results.md): shard I/O is what streaming training waits on. webdataset's own JPEG
+# encoder takes neither setting, hence ours.
 JPEG_QUALITY = 95
 SHOW_FIRST = 5  # file names listed per summary line
 

@@ -114,7 +114,7 @@ def _decode(stream, formats: tuple[str, ...], max_pixels: int, min_side: int | N
             width, height = height, width
         if min_side is not None:
             # JPEG only: libjpeg decodes at 1/2, 1/4 or 1/8 scale (never below what we need), as
-            # Image.thumbnail does: a 12 MP photo -> 256 px took 38 instead of 297 ms.
+            # Image.thumbnail does: many times faster on a phone photo, and near-identical.
             scale = min_side / min(image.size)
             image.draft(None, (max(min_side, int(image.width * scale)), max(min_side, int(image.height * scale))))
         try:

@@ -1,11 +1,8 @@
-"""The Shapes domain: the single place for its palette, geometry and caption templates.
+"""The Shapes domain: the one place for its palette, geometry and caption templates.
 
-Shapes is the synthetic image-caption domain of the embedded default model. It is specified
-exactly (see the README's "Shapes" section) so that any program can render a scene from a caption
-and read a scene back from pixels; evaluation of the default rests on that, not on eyeballing.
-
-Data flows: ``random_scene`` -> ``render`` (pixels) / ``canonical_caption`` / ``paraphrase``
-(text); ``analyze`` (pixels -> scene) and ``parse_caption`` (text -> scene) go back.
+Specified exactly so that any program can render a scene from a caption and read a scene back
+from pixels: ``random_scene`` -> ``render`` / ``canonical_caption`` / ``paraphrase``, and back
+with ``analyze`` (pixels) and ``parse_caption`` (text).
 """
 
 from __future__ import annotations

@@ -1,14 +1,8 @@
-"""WebDataset shards: the one writer and the one reader that every stage uses.
+"""WebDataset shards: the one writer and the one reader every stage uses.
 
-A sample is a dict of members keyed by extension, as webdataset stores them:
-- image shards: ``png`` (or ``jpg``) image, ``txt`` reference caption, ``json`` metadata;
-- code shards (from ``unitok tokenize``): ``codes.npy`` (int16/int32 grid of code ids), ``txt``, ``json``.
-
-``txt`` is the reference caption (what captioning should produce). ``json`` may carry
-``"paraphrases": [...]``: other phrasings of the same image, used only as text-to-image prompts.
-
-For DDP, training streams are resampled with an explicit node splitter and a fixed epoch length
-so every rank sees the same number of batches; validation gives every rank the whole set.
+Image shards hold ``png``/``jpg``, ``txt`` (the reference caption) and ``json`` (metadata, e.g.
+``paraphrases``); code shards hold ``codes.npy`` instead of the image. Training streams are
+DDP-safe (resampled, fixed epoch length); validation gives every rank the whole set.
 """
 
 from __future__ import annotations

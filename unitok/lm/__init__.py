@@ -1,4 +1,4 @@
-"""The unified LM: one causal LM over text ids and image codes (see the README's "unified LM" section).
+"""The unified LM: one causal LM over text ids and image codes (docs/training.md).
 
 Public names are imported lazily so ``unitok lm --help`` does not import torch/transformers.
 """

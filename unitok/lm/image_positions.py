@@ -1,19 +1,7 @@
-"""Grid-cell embeddings for image codes: where in the image the next code goes.
-
-Why: a code's place in the image is its offset from ``<|boi|>``, which a rotary-position LM only
-sees relatively and has to work out by counting; a small one learns that slowly and binds
-attributes to the wrong cell (the Shapes default without a table drew another object's colour into
-a cell more often than a colour named nowhere in the prompt). A learned table, one row per "next
-cell", added to the input embeddings of ``<|boi|>`` and the codes hands it that fact (same data,
-same 14 minutes: image-code token accuracy 0.595 with it, 0.534 without). Slot
-``s`` is the input that predicts code ``s`` (slot 0 is ``<|boi|>``, slot ``tokens_per_image``
-the last code, which predicts ``<|eoi|>``); every other token gets no row (slot -1).
-
-The table is the one UniTok-specific weight of such an LM. It rides on the HF model as the
-submodule ``unitok_image_positions`` (so ``.to()``, dtype casts and the optimiser see it) but is
-saved to its own ``image_positions.safetensors`` beside the checkpoint, which stays a plain
-transformers folder. Every forward pass goes through ``embed_with_positions``; models without a table
-are called with their ids as before.
+"""Grid-cell embeddings for image codes: a learned row per image cell, added to the input that
+predicts that cell's code, so a small rotary LM need not count its way to the cell. Saved apart
+(``image_positions.safetensors``) so the checkpoint stays a plain transformers folder. Why and
+how it was measured: ``docs/sampling.md``, ``docs/results.md``.
 """
 
 from __future__ import annotations

@@ -1,12 +1,8 @@
 """Bring a UniTok LM saved with fewer special tokens up to the current layout, to train on.
 
-The special tokens sit between the text ids and the image codes (``unitok.vocabulary``), so a
-special added to UniTok (``<|rewrite|>``) shifts every code id by one. An export saved before it
-keeps its own layout and loads as it is for drawing and captioning; to train a task that needs the
-new token (continue training with ``model.pretrained: <export>``) the new rows are inserted where
-the layout puts them: the code rows move up, the new rows come from ``draw_new_rows``, and the
-tokenizer is re-extended so it names every id where the new layout puts it. Nothing learned is
-changed.
+A new special (``<|rewrite|>``) sits before the image codes and shifts every code id, so its rows
+are inserted where the layout puts them (``draw_new_rows``) and the tokenizer is re-extended;
+nothing learned changes. An old export still loads as it is for drawing and captioning.
 """
 
 from __future__ import annotations

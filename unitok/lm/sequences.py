@@ -1,18 +1,7 @@
-"""Sequence formats of the unified LM, at the id level (never by tokenizing marker strings).
-
-Training sequences (``[bos]`` only when ``vocab.bos_id`` is set)::
-
-    text-to-image   [bos] caption <|boi|> codes <|eoi|>          loss on codes and <|eoi|>
-    unconditional   [bos] <|uncond|> <|boi|> codes <|eoi|>       same, the caption dropped (CFG)
-    captioning      [bos] <|boi|> codes <|eoi|> caption <eos>    loss on caption and <eos>
-    rewriting       [bos] prompt <|rewrite|> caption <eos>       loss on caption and <eos>
-
-Rewriting teaches the LM to restate any phrasing of a prompt as the reference caption it writes
-when captioning, so generation can draw and rerank in the one language its captioner judges well.
-
-Prompts for generation are the same sequences cut where the model takes over, left-padded into
-a batch. Every consumer (training, the sampler, the API) builds them with these functions, and
-the context budgets (how long a prompt or a written text may be) are computed here too.
+"""Sequence formats of the unified LM (text-to-image, unconditional, captioning, rewriting), built
+at the id level, never by tokenizing marker strings; the generation prompts are the same
+sequences cut where the model takes over, and the context budgets are computed beside them.
+The formats and their losses are tabulated in ``docs/training.md``.
 """
 
 from __future__ import annotations
