@@ -17,43 +17,54 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers import DiffusionPipeline
 from diffusers.utils import is_accelerate_available
 from PIL import Image
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from generation import runtime
 from generation.decoder import context_length
-from generation.rerank import candidate_generators, rerank
-from generation.sampler import generate_captions, generate_rewrites, sample_image_codes
-from generation.settings import DrawSettings, SamplingOptions, check_can_rewrite
-from tokenizer.images import pil_to_tensor, tensor_to_pil
+from generation.image_tasks import ImageTasksMixin
+from generation.outputs import Generators, UniTokPipelineOutput, check_call, per_row
+from generation.rerank import candidate_generators, rerank, verification_scores
+from generation.sampler import (
+    generate_rewrites,
+    sample_image_codes,
+)
+from generation.settings import (
+    CONSISTENCY_WARNING,
+    REWRITE_CONFIDENCE,
+    DrawSettings,
+    check_can_rewrite,
+)
+from tokenizer.images import tensor_to_pil
 from tokenizer.model import VQTokenizer
 from unitok.atomic import atomic_directory
 from unitok.default_model import resolve_model_dir
 from unitok.errors import UserError
 from unitok.lm.image_positions import image_positions_saved_apart, load_image_positions
 from unitok.lm.model import check_parts, load_unified_lm
-from unitok.lm.sequences import image_segment_length, prompt_room, rewrite_budget
+from unitok.lm.sequences import prompt_room, rewrite_budget
 from unitok.lm.text_tokenizer import decode_text, encode_text
 from unitok.vocabulary import UnifiedVocabulary
 
 logger = logging.getLogger(__name__)
 
-OUTPUT_TYPES = ("pil", "np", "pt", "latent")  # "latent": the code grids themselves, [N, h, w] long
-Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
-@dataclass
-class UniTokPipelineOutput(ImagePipelineOutput):
-    """diffusers' image output plus ``drawn_prompts``: per prompt, the text its images were drawn
-    from (the prompt itself, or the LM's rewrite of it; OpenAI's images API calls it revised_prompt)."""
+@dataclass(frozen=True)
+class PromptRewrite:
+    """How the LM restated a prompt: ``text`` is what is drawn (the prompt itself where the rewrite
+    was not confident, empty or unfinished), ``unknown`` what it says it cannot draw."""
 
-    drawn_prompts: list[str] | None = None
+    text: str
+    unknown: str
+    accepted: bool
 
 
-class UniTokPipeline(DiffusionPipeline):
-    """Draw images for prompts (``__call__``) and describe images (``caption``) with one LM."""
+class UniTokPipeline(ImageTasksMixin, DiffusionPipeline):
+    """Draw images for prompts (``__call__``) and read or edit images (``caption``, ``answer``,
+    ``verify``, ``edit``: ``generation.image_tasks``) with one LM."""
 
     model_cpu_offload_seq = "lm->image_tokenizer"
 
@@ -208,34 +219,47 @@ class UniTokPipeline(DiffusionPipeline):
             ...              generator=torch.Generator().manual_seed(0)).images[0]
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        _check_call(prompts, num_images_per_prompt, output_type, batch_size)
+        check_call(prompts, num_images_per_prompt, output_type, batch_size)
         settings = self.sampling_settings(
             guidance_scale=guidance_scale, temperature=temperature, top_k=top_k, top_p=top_p,
             num_candidates=num_candidates, consensus_weight=consensus_weight, rewrite_prompts=rewrite_prompts)
         scales = settings.scales_for(len(prompts))
         for text in prompts:  # refuse a prompt that does not fit before drawing anything
             self.encode_prompt(text)
-        drawn_prompts = self.rewrite_prompts(prompts, batch_size) if settings.rewrite_prompts else prompts
+        rewrites = self.rewrites(prompts, batch_size) if settings.rewrite_prompts or self.vocabulary.has("unknown") \
+            else [PromptRewrite(p, "", False) for p in prompts]
+        drawn_prompts = [r.text for r in rewrites] if settings.rewrite_prompts else prompts
         text_ids = [self.encode_prompt(text) for text in drawn_prompts]
 
         # One row per image (per candidate of an image when reranking).
         images_count, candidates = len(prompts) * num_images_per_prompt, settings.num_candidates
-        generators = _per_row(generator, images_count)
+        generators = per_row(generator, images_count)
         if candidates > 1:
             generators = candidate_generators(generators, images_count, candidates)
         repeat = num_images_per_prompt * candidates
         row_ids = [ids for ids in text_ids for _ in range(repeat)]
+        judged_ids = [self.encode_prompt(text) for text in prompts for _ in range(repeat)]  # judged by the prompt
         row_scales = [scale for scale in scales for _ in range(repeat)]
         with self.progress_bar(total=len(row_ids) * self.vocabulary.tokens_per_image) as bar:
             codes = sample_image_codes(self.lm, self.vocabulary, row_ids, guidance_scale=row_scales,
                                        options=settings.options, generator=generators, batch_size=batch_size,
                                        progress=bar.update)
         if candidates > 1:
-            codes = rerank(self.lm, self.vocabulary, codes, row_ids, candidates=candidates,
-                           consensus_weight=settings.consensus_weight, batch_size=batch_size)
+            codes = rerank(self.lm, self.vocabulary, codes, judged_ids if self.vocabulary.has("verify") else row_ids,
+                           candidates=candidates, consensus_weight=settings.consensus_weight, batch_size=batch_size)
+        consistency = None
+        if self.vocabulary.has("verify"):
+            per_image = judged_ids[::candidates]
+            consistency = verification_scores(self.lm, self.vocabulary, codes, per_image, batch_size).tolist()
+        warnings = [_warnings(r, consistency[i * num_images_per_prompt : (i + 1) * num_images_per_prompt]
+                              if consistency else [])
+                    for i, r in enumerate(rewrites)]
 
         images = codes if output_type == "latent" else self.decode_codes(codes, output_type)
-        return UniTokPipelineOutput(images=images, drawn_prompts=drawn_prompts) if return_dict else (images,)
+        if not return_dict:
+            return (images,)
+        return UniTokPipelineOutput(images=images, drawn_prompts=drawn_prompts, consistency=consistency,
+                                    warnings=warnings)
 
     def sampling_settings(self, **given) -> DrawSettings:
         """The settings a drawing call uses: the values ``given`` (the sampling arguments of
@@ -244,26 +268,34 @@ class UniTokPipeline(DiffusionPipeline):
 
     @torch.inference_mode()
     def rewrite_prompts(self, prompts: str | Sequence[str], batch_size: int = 16) -> list[str]:
-        """Each prompt as the LM restates it: the reference caption of the scene it describes.
+        """Each prompt as the LM restates it (its normal form: ``rewrites``), or as it is where the
+        LM's restatement is not to be trusted."""
+        return [r.text for r in self.rewrites(prompts, batch_size)]
 
-        An LM trained with rewriting (``unitok.lm.sequences``) reads any phrasing but captions, and
-        so judges reranking candidates, in one phrasing; drawing from it puts every prompt where the
-        judge is sharpest. A prompt is kept as it is where the restatement is empty, does not end
-        within ``rewrite_budget`` tokens, or does not fit beside an image.
+    @torch.inference_mode()
+    def rewrites(self, prompts: str | Sequence[str], batch_size: int = 16) -> list[PromptRewrite]:
+        """How the LM restates each prompt, and what it says it cannot draw.
+
+        The guard against a rewrite that adds, drops or changes what a prompt says: a restatement
+        is used only when the LM chose every token of it with probability at least
+        ``REWRITE_CONFIDENCE`` (a hallucinated object or background is a guess, and a guess is
+        unsure) and it ends, within ``rewrite_budget`` tokens, in something that fits beside an image.
         """
         check_can_rewrite(self.vocabulary)
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         text_ids = [self.encode_prompt(text) for text in prompts]
         budget = rewrite_budget(self.vocabulary, context_length(self.lm))
         room = prompt_room(self.vocabulary, context_length(self.lm))
-        rewritten = []
+        results = []
         for start in range(0, len(text_ids), batch_size):
-            for ids in generate_rewrites(self.lm, self.vocabulary, text_ids[start : start + batch_size],
-                                         max_new_tokens=budget):
-                text = decode_text(self.text_tokenizer, ids) if ids else ""
-                fits = text and (room is None or len(encode_text(self.text_tokenizer, text)) <= room)
-                rewritten.append(text if fits else None)
-        return [text or original for text, original in zip(rewritten, prompts, strict=True)]
+            chunk = generate_rewrites(self.lm, self.vocabulary, text_ids[start : start + batch_size], max_new_tokens=budget)
+            for prompt, rewrite in zip(prompts[start : start + batch_size], chunk, strict=True):
+                text = decode_text(self.text_tokenizer, rewrite.ids) if rewrite.finished else ""
+                unknown = decode_text(self.text_tokenizer, rewrite.unknown) if rewrite.finished else ""
+                accepted = bool(text) and rewrite.confidence >= REWRITE_CONFIDENCE and (
+                    room is None or len(encode_text(self.text_tokenizer, text)) <= room)
+                results.append(PromptRewrite(text if accepted else prompt, unknown, accepted))
+        return results
 
     def encode_prompt(self, prompt: str) -> list[int]:
         """Prompt text -> text ids, checked to fit the LM's context beside a whole image."""
@@ -289,59 +321,10 @@ class UniTokPipeline(DiffusionPipeline):
         unit = pixels.add(1.0).div(2.0).clamp(0.0, 1.0).cpu()  # diffusers' convention: [0, 1]
         return unit if output_type == "pt" else unit.permute(0, 2, 3, 1).numpy()
 
-    # -- captioning ------------------------------------------------------------------------------
 
-    @torch.inference_mode()
-    def caption(
-        self,
-        images: Image.Image | Sequence[Image.Image] | torch.Tensor,
-        max_new_tokens: int = 64,
-        temperature: float = 0.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        generator: Generators = None,
-        batch_size: int = 32,
-    ) -> list[str]:
-        """One caption per image (PIL images, or a ``[B, 3, H, W]`` tensor in [-1, 1]); greedy by
-        default. A caption ends at EOS, after ``max_new_tokens`` or where the LM's context ends."""
-        if isinstance(images, Image.Image):
-            images = [images]
-        if not isinstance(images, torch.Tensor):
-            images = pil_to_tensor(list(images), self.image_tokenizer.image_size)
-        if max_new_tokens <= 0:
-            raise UserError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        context = context_length(self.lm)
-        if context is not None:
-            max_new_tokens = max(1, min(max_new_tokens, context - image_segment_length(self.vocabulary)))
-        options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p)
-        generators = _per_row(generator, images.shape[0])
-        captions = []
-        for start in range(0, images.shape[0], batch_size):
-            batch = images[start : start + batch_size].to(self.image_tokenizer.device, self.image_tokenizer.dtype)
-            ids = generate_captions(
-                self.lm, self.vocabulary, self.image_tokenizer.encode(batch), max_new_tokens=max_new_tokens,
-                options=options,
-                generator=generators[start : start + batch_size] if isinstance(generators, list) else generators,
-            )
-            captions.extend(decode_text(self.text_tokenizer, row) for row in ids)
-        return captions
+def _warnings(rewrite: PromptRewrite, consistency: list[float]) -> list[str]:
+    notes = [f"the model cannot draw {rewrite.unknown!r}; it drew the rest of the prompt"] if rewrite.unknown else []
+    notes += [f"image {k} matches the prompt poorly (consistency {score:.2f})"
+              for k, score in enumerate(consistency) if score < CONSISTENCY_WARNING]
+    return notes
 
-
-def _check_call(prompts: list[str], num_images_per_prompt: int, output_type: str, batch_size: int) -> None:
-    if not prompts:
-        raise UserError("give at least one prompt")
-    if num_images_per_prompt <= 0:
-        raise UserError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
-    if output_type not in OUTPUT_TYPES:
-        raise UserError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-    if batch_size <= 0:
-        raise UserError(f"batch_size must be >= 1, got {batch_size}")
-
-
-def _per_row(generator: Generators, rows: int) -> torch.Generator | list[torch.Generator] | None:
-    if generator is None or isinstance(generator, torch.Generator):
-        return generator
-    generators = list(generator)
-    if len(generators) != rows:
-        raise UserError(f"got {len(generators)} generators for {rows} images: pass one per image, or a single one")
-    return generators

@@ -12,10 +12,12 @@ import torch
 
 from generation.pipeline import UniTokPipeline
 from tokenizer.model import VQTokenizer
-from unitok.data.shapes import canonical_caption, paraphrase, random_scene
+from unitok.data.shapes import canonical_caption, random_scene
+from unitok.data.shapes_language import describe
 from unitok.lm.image_positions import attach_image_positions
 from unitok.lm.model import ScratchConfig, build_scratch_lm
 from unitok.lm.text_tokenizer import train_bpe_tokenizer
+from unitok.vocabulary import SPECIALS
 
 
 def shapes_prompts(count: int, seed: int = 0) -> list[str]:
@@ -24,7 +26,7 @@ def shapes_prompts(count: int, seed: int = 0) -> list[str]:
     prompts = []
     for i in range(count):
         scene = random_scene(rng)
-        prompts.append(canonical_caption(scene) if i % 2 == 0 else paraphrase(scene, rng))
+        prompts.append(canonical_caption(scene) if i % 2 == 0 else describe(scene, rng).text)
     return prompts
 
 
@@ -34,17 +36,19 @@ def random_pipeline(
     text_vocab_size: int = 384,
     seed: int = 0,
     image_positions: bool = False,
+    special_names: tuple[str, ...] = tuple(SPECIALS),
 ) -> UniTokPipeline:
     """A randomly initialised pipeline (eval mode): Llama ``lm_config`` (ScratchConfig defaults
     when None), a VQ tokenizer with ``image_tokenizer_config`` (VQTokenizer defaults when None)
     and a BPE of ``text_vocab_size``; ``image_positions`` gives the LM a grid-cell table, as the
-    embedded default has."""
+    embedded default has; ``special_names`` the tasks its vocabulary knows (an older layout has fewer)."""
     torch.manual_seed(seed)
     text_tokenizer = train_bpe_tokenizer(shapes_prompts(500, seed), vocab_size=text_vocab_size)
     # No k-means init: an untrained codebook would otherwise be fitted to the first images encoded.
     image_tokenizer = VQTokenizer(**{"kmeans_init": False, **(image_tokenizer_config or {})}).eval()
     lm, vocabulary = build_scratch_lm(
-        text_tokenizer, image_tokenizer.codebook_size, image_tokenizer.grid_size, lm_config or ScratchConfig()
+        text_tokenizer, image_tokenizer.codebook_size, image_tokenizer.grid_size, lm_config or ScratchConfig(),
+        special_names,
     )
     if image_positions:
         attach_image_positions(lm, vocabulary)

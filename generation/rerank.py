@@ -1,9 +1,11 @@
 """Self-reranking: of several drawn candidates, keep the one the model itself judges best.
 
-The judge is the model's reading direction: a candidate's score is ``log p(prompt | image)``, the
-captioning sequence ``[bos] <boi> codes <eoi> prompt <eos>`` (``unitok.lm.sequences``) scored in
-one teacher-forced pass, summed over the prompt and ``<eos>``: CLIP reranking (DALL-E) without a
-second model. All candidates of an image share its prompt, so the sums compare as they are.
+For an LM trained to verify (``[bos] <boi> codes <eoi> prompt <|verify|> <|yes|>|<|no|>``) a
+candidate's score is the log-probability that the model answers yes: does this image show the
+prompt? That reads any phrasing it was taught, partial prompts and relations included, and is the
+per-image consistency score the pipeline reports. An older LM is judged by ``log p(prompt |
+image)``, the captioning sequence ``[bos] <boi> codes <eoi> prompt <eos>`` scored in one
+teacher-forced pass: CLIP reranking (DALL-E) without a second model.
 
 Consensus. With a weight ``w`` the score gains ``w * log(candidates the model reads as the same
 caption)``: how many of its own drawings the model reads alike is a second judge, which helps
@@ -23,7 +25,13 @@ from transformers import PreTrainedModel
 from generation.decoder import context_length
 from generation.sampler import generate_captions
 from unitok.lm.image_positions import lm_forward
-from unitok.lm.sequences import captioning_example, collate, next_token_losses, reading_budget
+from unitok.lm.sequences import (
+    captioning_example,
+    collate,
+    next_token_losses,
+    reading_budget,
+    verifying_prompt,
+)
 from unitok.vocabulary import UnifiedVocabulary
 
 
@@ -42,12 +50,18 @@ def rerank(
     """The best of each image's candidates: ``[N, h, w]`` codes out of ``[N * K, h, w]``.
 
     Candidate ``j`` of image ``i`` is row ``i * K + j`` of ``codes`` and of ``text_ids`` (the
-    image's prompt, once per candidate). ``readings``: each candidate's caption ids, when the
-    caller has them; the model reads the candidates itself when the consensus weight needs them.
+    image's prompt, once per candidate). An LM that verifies is judged by ``verification_scores``
+    alone; an older one by likelihood plus, with a consensus weight, its candidates' agreement
+    (``readings``: each candidate's caption ids, when the caller has them).
     """
     if codes.shape[0] != len(text_ids) or codes.shape[0] % candidates:
         raise ValueError(f"{codes.shape[0]} candidates and {len(text_ids)} prompts do not make images of "
                          f"{candidates} candidates each")
+    images = codes.shape[0] // candidates
+    if vocab.has("verify"):
+        scores = verification_scores(model, vocab, codes, text_ids, batch_size=batch_size).log()
+        best = scores.view(images, candidates).argmax(dim=1).to(codes.device)
+        return codes.view(images, candidates, *codes.shape[1:])[torch.arange(images, device=codes.device), best]
     scores = prompt_log_likelihood(model, vocab, codes, text_ids, batch_size=batch_size)
     if consensus_weight:
         if readings is None:
@@ -55,7 +69,6 @@ def rerank(
         consensus = consensus_log_counts(readings, candidates).masked_fill(
             reads_as_its_prompt(readings, text_ids, candidates), 0.0)
         scores = scores + consensus_weight * consensus.to(scores)
-    images = codes.shape[0] // candidates
     best = scores.view(images, candidates).argmax(dim=1).to(codes.device)
     return codes.view(images, candidates, *codes.shape[1:])[torch.arange(images, device=codes.device), best]
 
@@ -87,6 +100,26 @@ def prompt_log_likelihood(
         logits = lm_forward(model, vocab, batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         losses, _ = next_token_losses(logits, batch["labels"])  # 0 outside the prompt and <eos>
         scores.append(-losses.sum(-1))
+    return torch.cat(scores)
+
+
+@torch.inference_mode()
+def verification_scores(
+    model: PreTrainedModel, vocab: UnifiedVocabulary, codes: torch.Tensor, text_ids: Sequence[Sequence[int]],
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """``[N]`` probability, by the model's own verdict, that image ``codes[i]`` shows prompt
+    ``text_ids[i]``: ``p(<|yes|>) / (p(<|yes|>) + p(<|no|>))`` after ``<|verify|>``."""
+    if len(text_ids) != codes.shape[0]:
+        raise ValueError(f"got {len(text_ids)} prompts for {codes.shape[0]} code grids")
+    yes, no = vocab.special_id("yes"), vocab.special_id("no")
+    scores = []
+    for start in range(0, codes.shape[0], batch_size):
+        prompt = verifying_prompt(codes[start : start + batch_size].cpu(), text_ids[start : start + batch_size], vocab)
+        logits = lm_forward(model, vocab, prompt.input_ids.to(model.device),
+                            attention_mask=prompt.attention_mask.to(model.device),
+                            position_ids=prompt.position_ids.to(model.device)).logits[:, -1]
+        scores.append(logits[:, [yes, no]].float().softmax(-1)[:, 0])
     return torch.cat(scores)
 
 

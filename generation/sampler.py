@@ -7,6 +7,7 @@ every image independent of its batch (``token_choice.uniform_streams``).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,7 +21,9 @@ from generation.settings import SamplingOptions
 from generation.token_choice import choose_tokens, guide, uniform_streams
 from unitok.lm.sequences import (
     Prompt,
+    answering_prompt,
     captioning_prompt,
+    editing_prompt,
     rewriting_prompt,
     text_to_image_prompt,
     unconditional_prompt,
@@ -80,6 +83,16 @@ def _sample_rows(
         scales = None
     if scales is not None:
         prompt = stack_prompts(prompt, unconditional_prompt(rows, vocab), pad_id=vocab.pad_id)
+    return _sample_codes_after(model, vocab, prompt, scales, options, generator, progress)
+
+
+def _sample_codes_after(
+    model: PreTrainedModel, vocab: UnifiedVocabulary, prompt: Prompt, scales: torch.Tensor | None,
+    options: SamplingOptions, generator: Generators, progress: Progress | None,
+) -> torch.Tensor:
+    """Image codes after prompts that end in ``<|boi|>``; with ``scales``, the prompt's second half
+    are the unconditional twins of the first and guide them."""
+    rows = prompt.input_ids.shape[0] // (1 if scales is None else 2)
     steps = vocab.tokens_per_image
     code_range = range(vocab.image_offset, vocab.image_offset + vocab.codebook_size)
     # Room for every code and the closing <|eoi|>, so the whole sequence fits the context.
@@ -153,38 +166,85 @@ def generate_captions(
     Decoding is restricted to text ids, greedy by default, and stops at EOS or after
     ``max_new_tokens`` tokens. Rows that have finished are fed EOS until the batch is done.
     """
-    captions, _ = _generate_text(model, vocab, captioning_prompt(codes.cpu(), vocab), max_new_tokens, options,
-                                 generator, progress)
+    captions, _, _ = _generate_text(model, vocab, captioning_prompt(codes.cpu(), vocab), max_new_tokens, options,
+                                    generator, progress)
     return captions
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """A greedy rewrite: its text ids (the normal form), what the LM says it cannot draw (ids after
+    ``<|unknown|>``), whether it reached EOS and the lowest probability of any token it chose."""
+
+    ids: list[int]
+    unknown: list[int]
+    finished: bool
+    confidence: float
 
 
 @torch.inference_mode()
 def generate_rewrites(
     model: PreTrainedModel, vocab: UnifiedVocabulary, text_ids: Sequence[Sequence[int]], *, max_new_tokens: int = 64
-) -> list[list[int] | None]:
+) -> list[Rewrite]:
     """Greedy rewrites ``[bos] prompt <|rewrite|> ...`` of prompts' text ids (``unitok.lm.sequences``):
-    the reference caption the LM restates each prompt as, without EOS; None for a row that did not
-    reach EOS within ``max_new_tokens`` (an unfinished rewrite is no caption)."""
-    rewrites, finished = _generate_text(model, vocab, rewriting_prompt(text_ids, vocab), max_new_tokens, GREEDY,
-                                        None, None)
-    return [ids if done else None for ids, done in zip(rewrites, finished, strict=True)]
+    the normal form the LM restates each prompt as and, for an LM that has ``<|unknown|>``, the
+    words it says it cannot draw."""
+    extra = [vocab.special_id("unknown")] if vocab.has("unknown") else []
+    rows, finished, confidence = _generate_text(model, vocab, rewriting_prompt(text_ids, vocab), max_new_tokens,
+                                                GREEDY, None, None, extra)
+    rewrites = []
+    for ids, done, sure in zip(rows, finished, confidence, strict=True):
+        cut = ids.index(extra[0]) if extra and extra[0] in ids else len(ids)
+        rewrites.append(Rewrite(ids[:cut], [i for i in ids[cut + 1:] if i not in extra], done, sure))
+    return rewrites
+
+
+@torch.inference_mode()
+def generate_answers(
+    model: PreTrainedModel, vocab: UnifiedVocabulary, codes: torch.Tensor, question_ids: Sequence[Sequence[int]],
+    *, max_new_tokens: int = 16,
+) -> list[list[int]]:
+    """Greedy answers ``[bos] <boi> codes <eoi> question <|answer|> ...`` (text ids, without EOS)."""
+    answers, _, _ = _generate_text(model, vocab, answering_prompt(codes.cpu(), question_ids, vocab), max_new_tokens,
+                                   GREEDY, None, None)
+    return answers
+
+
+@torch.inference_mode()
+def sample_edited_codes(
+    model: PreTrainedModel, vocab: UnifiedVocabulary, codes: torch.Tensor, instruction_ids: Sequence[Sequence[int]],
+    *, options: SamplingOptions = GREEDY, generator: Generators = None, progress: Progress | None = None,
+) -> torch.Tensor:
+    """``[N, h, w]`` codes of each image edited by its instruction
+    (``[bos] <boi> codes <eoi> instruction <|edit|> <boi> ...``)."""
+    prompt = editing_prompt(codes.cpu(), instruction_ids, vocab)
+    return _sample_codes_after(model, vocab, prompt, None, options, generator, progress)
 
 
 def _generate_text(
     model: PreTrainedModel, vocab: UnifiedVocabulary, prompt: Prompt, max_new_tokens: int, options: SamplingOptions,
-    generator: Generators, progress: Progress | None,
-) -> tuple[list[list[int]], list[bool]]:
-    """Text ids decoded after each prompt row (without EOS), and whether each row reached EOS."""
+    generator: Generators, progress: Progress | None, extra_ids: Sequence[int] = (),
+) -> tuple[list[list[int]], list[bool], list[float]]:
+    """Text ids decoded after each prompt row (without EOS; ``extra_ids`` are specials it may also
+    write), whether each row reached EOS, and the lowest probability of a token each row chose."""
     if max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     rows = prompt.input_ids.shape[0]
-    decoder = open_decoder(model, vocab, prompt, range(vocab.text_size), max_new_tokens)
+    stop = max([vocab.text_size - 1, *extra_ids]) + 1
+    banned = torch.ones(stop, dtype=torch.bool, device=model.device)
+    banned[: vocab.text_size] = False
+    banned[list(extra_ids)] = False
+    decoder = open_decoder(model, vocab, prompt, range(stop), max_new_tokens)
     uniforms = uniform_streams(generator, rows, max_new_tokens, model.device)
     tokens = torch.full((rows, max_new_tokens), vocab.eos_id, dtype=torch.long, device=model.device)
     finished = torch.zeros(rows, dtype=torch.bool, device=model.device)
+    confidence = torch.ones(rows, device=model.device)
     logits = decoder.prefill()
     for t in range(max_new_tokens):
+        logits = logits.float().masked_fill(banned, -torch.inf)
         chosen = choose_tokens(logits, uniforms[:, t], options).masked_fill_(finished, vocab.eos_id)
+        probability = logits.softmax(-1).gather(1, chosen[:, None]).squeeze(1)
+        confidence = torch.where(finished, confidence, torch.minimum(confidence, probability))
         tokens[:, t] = chosen
         finished |= chosen == vocab.eos_id
         if progress is not None:
@@ -192,7 +252,7 @@ def _generate_text(
         if bool(finished.all()) or t + 1 == max_new_tokens:
             break
         logits = decoder.step(chosen)
-    return [_until_eos(row, vocab.eos_id) for row in tokens.tolist()], finished.tolist()
+    return [_until_eos(row, vocab.eos_id) for row in tokens.tolist()], finished.tolist(), confidence.tolist()
 
 
 def _until_eos(ids: list[int], eos_id: int) -> list[int]:

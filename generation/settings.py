@@ -19,6 +19,8 @@ from unitok.errors import UserError
 if TYPE_CHECKING:
     from unitok.vocabulary import UnifiedVocabulary
 
+REWRITE_CONFIDENCE = 0.5  # a rewrite is drawn from only if the LM chose each of its tokens at least this sure
+CONSISTENCY_WARNING = 0.5  # an image the model judges less likely than this to show its prompt is flagged
 # The pipeline arguments that have a saved model default, each as ``default_<name>`` in its config.
 SAMPLING_VALUES = ("guidance_scale", "temperature", "top_k", "top_p", "num_candidates", "consensus_weight",
                    "rewrite_prompts")

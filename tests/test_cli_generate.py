@@ -90,12 +90,13 @@ def test_reranking_flags_reach_the_pipeline(capsys, model_dir, tmp_path):
 
 def test_rewriting_flag_reaches_the_pipeline_and_the_drawn_prompt_is_reported(capsys, model_dir, tmp_path,
                                                                                monkeypatch):
-    from generation.pipeline import UniTokPipeline
+    from generation.pipeline import PromptRewrite, UniTokPipeline
 
     def restate_the_second_line(self, prompts, batch_size=16):  # what a trained rewriter would do
-        return [prompts[0], "a small red circle at the top on a white background"][: len(prompts)]
+        return [PromptRewrite(prompts[0], "", False),
+                PromptRewrite("a small red circle at the top on a white background", "", True)][: len(prompts)]
 
-    monkeypatch.setattr(UniTokPipeline, "rewrite_prompts", restate_the_second_line)
+    monkeypatch.setattr(UniTokPipeline, "rewrites", restate_the_second_line)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\na tiny red circle up top, white background\n")
     assert main(["generate", "--prompts-file", str(prompts), "--rewrite-prompts", "--out", str(tmp_path / "out"),

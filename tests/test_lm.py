@@ -39,6 +39,8 @@ from unitok.lm.module import UnifiedLMModule
 from unitok.lm.sequences import (
     IGNORE,
     TASKS,
+    PromptIds,
+    SampleTexts,
     TaskMix,
     captioning_example,
     captioning_prompt,
@@ -59,7 +61,7 @@ from unitok.lm.text_tokenizer import (
     vocabulary_for,
 )
 from unitok.lm.training import run_lm_cli
-from unitok.vocabulary import VOCABULARY_FILE, UnifiedVocabulary
+from unitok.vocabulary import SPECIALS, VOCABULARY_FILE, UnifiedVocabulary
 
 GRID, CODEBOOK = (2, 3), 24
 
@@ -177,10 +179,10 @@ def test_generation_prompts_are_prefixes_of_training_sequences(vocab):
 
 def test_task_mix_draws_tasks_caption_dropout_and_paraphrases(vocab):
     codes = torch.zeros(GRID, dtype=torch.long)
-    caption, paraphrases = [10], [[20], [21]]
+    texts = SampleTexts([10], [PromptIds([20]), PromptIds([21])])
     rng = random.Random(0)
     mix = TaskMix(text_to_image=0.7, caption_dropout=0.2, paraphrase=0.5)
-    drawn = [sample_example(codes, caption, paraphrases, vocab, mix, rng) for _ in range(4000)]
+    drawn = [sample_example(codes, texts, vocab, mix, rng) for _ in range(4000)]
     t2i = [e for e in drawn if TASKS[e.task] == "text_to_image"]
     assert 0.66 < len(t2i) / len(drawn) < 0.74
     firsts = [e.input_ids[1] for e in t2i]  # after BOS: the caption's first id or <|uncond|>
@@ -194,22 +196,52 @@ def test_task_mix_draws_tasks_caption_dropout_and_paraphrases(vocab):
 
 def test_task_mix_draws_rewriting_from_paraphrases_and_the_reference(vocab):
     codes = torch.zeros(GRID, dtype=torch.long)
-    caption, paraphrases = [10], [[20], [21]]
+    texts = SampleTexts([10], [PromptIds([20]), PromptIds([21])])
     rng = random.Random(0)
     mix = TaskMix(text_to_image=0.6, rewriting=0.1)
-    drawn = [sample_example(codes, caption, paraphrases, vocab, mix, rng) for _ in range(6000)]
+    drawn = [sample_example(codes, texts, vocab, mix, rng) for _ in range(6000)]
     tasks = [TASKS[e.task] for e in drawn]
     assert 0.08 < tasks.count("rewriting") / len(drawn) < 0.12
     assert 0.27 < tasks.count("captioning") / len(drawn) < 0.33
     rewrites = [e for e in drawn if TASKS[e.task] == "rewriting"]
-    assert all(e.labels[-2:] == [10, vocab.eos_id] for e in rewrites)  # always restates as the reference
+    assert all(e.labels[-2:] == [10, vocab.eos_id] for e in rewrites)  # no normal forms: restates as the reference
     sources = [e.input_ids[1] for e in rewrites]
     assert {20, 21, 10} == set(sources) and 0.25 < sources.count(10) / len(sources) < 0.42  # 1 in 3
     # Samples without paraphrases have nothing to rewrite: those draws caption instead.
-    alone = [TASKS[sample_example(codes, caption, [], vocab, mix, rng).task] for _ in range(500)]
+    alone = [TASKS[sample_example(codes, SampleTexts([10]), vocab, mix, rng).task] for _ in range(500)]
     assert "rewriting" not in alone
     with pytest.raises(ValueError, match="at most 1"):
         TaskMix(text_to_image=0.8, rewriting=0.3)
+
+
+def test_every_task_has_its_sequence_and_draws_its_share(vocab):
+    codes, clean, edited = (torch.full(GRID, k, dtype=torch.long) for k in (1, 2, 3))
+    texts = SampleTexts(
+        [10], [PromptIds([20], normal=[30]), PromptIds([21], normal=[31], unknown=[40])],
+        questions=[([50], [51])], verdicts=[([60], True), ([61], False)], edit=([70], edited), target_codes=clean)
+    mix = TaskMix(text_to_image=0.3, paraphrase=0.0, normal_form=1.0, rewriting=0.1, answering=0.2, verifying=0.1,
+                  editing=0.2)
+    drawn = [sample_example(codes, texts, vocab, mix, random.Random(i)) for i in range(3000)]
+    shares = {task: sum(TASKS[e.task] == task for e in drawn) / len(drawn) for task in TASKS}
+    for task, share in (("text_to_image", 0.3), ("rewriting", 0.1), ("answering", 0.2), ("verifying", 0.1),
+                        ("editing", 0.2), ("captioning", 0.1)):
+        assert abs(shares[task] - share) < 0.03, (task, shares)
+    image = [vocab.boi_id, *vocab.to_lm_ids(codes).tolist(), vocab.eoi_id]
+    bos = [] if vocab.bos_id is None else [vocab.bos_id]
+    by_task = {TASKS[e.task]: e for e in drawn if not (TASKS[e.task] == "text_to_image" and e.input_ids[1] == vocab.uncond_id)}
+    t2i = by_task["text_to_image"]  # drawn from a normal form (the unknown prompt's is never drawn as written)
+    assert t2i.input_ids[len(bos)] in (30, 31) and t2i.labels[-2] == vocab.to_lm_ids(clean).tolist()[-1]
+    answer = by_task["answering"]
+    assert answer.input_ids == bos + image + [50, vocab.special_id("answer"), 51, vocab.eos_id]
+    assert [t for t in answer.labels if t != -100] == [51, vocab.eos_id]
+    verdicts = {e.input_ids[-2]: e.labels[-1] for e in drawn if TASKS[e.task] == "verifying"}
+    assert verdicts == {vocab.special_id("verify"): vocab.special_id("yes")} or set(verdicts.values()) <= {
+        vocab.special_id("yes"), vocab.special_id("no")}
+    edit = by_task["editing"]
+    assert edit.input_ids == bos + image + [70, vocab.special_id("edit"), vocab.boi_id,
+                                             *vocab.to_lm_ids(edited).tolist(), vocab.eoi_id]
+    rewrites = {tuple(e.input_ids) for e in drawn if TASKS[e.task] == "rewriting"}
+    assert tuple(bos + [21, vocab.rewrite_id, 31, vocab.special_id("unknown"), 40, vocab.eos_id]) in rewrites
 
 
 def test_collate_right_pads_with_no_loss_on_padding(vocab):
@@ -303,7 +335,8 @@ def test_an_export_saved_before_rewrite_gains_its_row_and_keeps_what_it_learned(
 
     old_model, old_tokenizer, _ = load_unified_lm(tmp_path / "old")
     model, tokenizer, vocab = build_pretrained_lm(str(tmp_path / "old"), CODEBOOK, GRID)
-    assert vocab.can_rewrite and vocab.image_offset == old_vocab.image_offset + 1
+    added = len(SPECIALS) - 3
+    assert vocab.can_rewrite and vocab.image_offset == old_vocab.image_offset + added
     assert tokenizer.convert_ids_to_tokens([vocab.rewrite_id, vocab.image_offset]) == ["<|rewrite|>", "<|img_0|>"]
     caption = "a small red circle at the top"
     assert encode_text(tokenizer, caption) == encode_text(old_tokenizer, caption)
@@ -314,8 +347,8 @@ def test_an_export_saved_before_rewrite_gains_its_row_and_keeps_what_it_learned(
         with torch.no_grad():
             before = old_model(torch.tensor([make(old_vocab, old_tokenizer).input_ids])).logits[0]
             after = model(torch.tensor([make(vocab, tokenizer).input_ids])).logits[0]
-        without_new_row = torch.cat([after[:, : vocab.rewrite_id], after[:, vocab.rewrite_id + 1 :]], dim=1)
-        torch.testing.assert_close(without_new_row, before)
+        without_new_rows = torch.cat([after[:, : vocab.rewrite_id], after[:, vocab.rewrite_id + added :]], dim=1)
+        torch.testing.assert_close(without_new_rows, before)
     save_unified_lm(model, tokenizer, vocab, tmp_path / "new")  # checks every id is named where the layout says
     assert load_unified_lm(tmp_path / "new")[2] == vocab
 

@@ -28,6 +28,14 @@ def pipe() -> UniTokPipeline:
     return pipeline
 
 
+@pytest.fixture(scope="module")
+def older() -> UniTokPipeline:
+    """A pipeline whose vocabulary predates verification, questions and edits (judged by likelihood)."""
+    pipeline = tiny_pipeline(special_names=("boi", "eoi", "uncond", "rewrite"))
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
 def seeded(count: int, base: int = 0) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(base + i) for i in range(count)]
 
@@ -178,23 +186,45 @@ def test_bad_requests_are_user_errors(pipe):
         pipe(PROMPTS, generator=seeded(3))
 
 
-def test_the_longest_prompt_accepted_fits_the_context_when_reranked(pipe):
+@pytest.mark.parametrize(("model", "room"), [("older", 45), ("pipe", 44)])
+def test_the_longest_prompt_accepted_fits_the_context_when_reranked(model, room, request):
+    from unitok.lm.sequences import rewrite_budget
     from unitok.lm.text_tokenizer import encode_text
 
-    longest, too_long = "x" * 45, "x" * 46  # the tiny BPE has no merge of "xx": one id per x
-    assert len(encode_text(pipe.text_tokenizer, too_long)) == 46
-    assert len(pipe.encode_prompt(longest)) == 45  # tiny LM: [<boi>, 16 codes, <eoi>, 45 ids, <eos>] = 64
-    with pytest.raises(UserError, match="room for 45 prompt tokens"):
+    pipe = request.getfixturevalue(model)
+    # The tiny LM's 64 positions: [<boi>, 16 codes, <eoi>, prompt, <eos>] for a judge by likelihood,
+    # [<boi>, 16 codes, <eoi>, prompt, <|verify|>, <|yes|>] for one that verifies.
+    longest, too_long = "x" * room, "x" * (room + 1)  # the tiny BPE has no merge of "xx": one id per x
+    assert len(encode_text(pipe.text_tokenizer, too_long)) == room + 1
+    assert len(pipe.encode_prompt(longest)) == room
+    with pytest.raises(UserError, match=f"room for {room} prompt tokens"):
         pipe.encode_prompt(too_long)
     images = pipe(longest, num_candidates=2, temperature=1.0, generator=seeded(1), output_type="latent").images
     assert images.shape == (1, 4, 4)
-    # Rewriting it too: [longest <|rewrite|>] is 46 positions, so a rewrite may run to 18 (not 45).
+    # Rewriting it too: [longest <|rewrite|>] is room + 1 positions, so a rewrite runs to what is left.
+    assert rewrite_budget(pipe.vocabulary, 64) == 64 - room - 1
     rewritten = pipe(longest, rewrite_prompts=True, num_candidates=2, temperature=1.0, generator=seeded(1),
                      output_type="latent")
-    assert rewritten.images.shape == (1, 4, 4) and len(pipe.encode_prompt(rewritten.drawn_prompts[0])) <= 45
+    assert rewritten.images.shape == (1, 4, 4) and len(pipe.encode_prompt(rewritten.drawn_prompts[0])) <= room
 
 
-def test_reranking_keeps_the_candidate_whose_prompt_is_likeliest_as_its_caption(pipe):
+def test_reranking_keeps_the_candidate_the_model_most_surely_says_shows_its_prompt(pipe):
+    from generation.rerank import candidate_generators, verification_scores
+
+    settings = dict(temperature=1.0, guidance_scale=1.0, output_type="latent")
+    result = pipe(PROMPTS, num_candidates=4, generator=seeded(2), **settings)
+    derived = candidate_generators(seeded(2), rows=2, candidates=4)
+    drawn = pipe([p for p in PROMPTS for _ in range(4)], generator=derived, num_candidates=1, **settings).images
+    text_ids = [pipe.encode_prompt(p) for p in PROMPTS for _ in range(4)]
+    scores = verification_scores(pipe.lm, pipe.vocabulary, drawn, text_ids).view(2, 4)
+    assert torch.equal(result.images, drawn.view(2, 4, 4, 4)[torch.arange(2), scores.argmax(1)])
+    # Each image reports that verdict on itself as its consistency with the prompt.
+    torch.testing.assert_close(torch.tensor(result.consistency), scores.max(1).values)
+    assert all(0.0 <= c <= 1.0 for c in result.consistency) and len(result.warnings) == 2
+
+
+def test_reranking_keeps_the_candidate_whose_prompt_is_likeliest_as_its_caption(older):
+    pipe = older
     from generation.rerank import candidate_generators, prompt_log_likelihood
 
     settings = dict(temperature=1.0, guidance_scale=1.0, output_type="latent")
@@ -227,7 +257,8 @@ def test_consensus_counts_identical_readings_per_image():
     assert reads_as_its_prompt(readings, prompts, 4).tolist() == [True] * 4 + [False] * 4
 
 
-def test_consensus_weight_adds_the_log_count_of_each_candidates_reading(pipe):
+def test_consensus_weight_adds_the_log_count_of_each_candidates_reading(older):
+    pipe = older
     from generation.rerank import candidate_generators, prompt_log_likelihood, read_candidates, rerank
     from unitok.lm.sequences import reading_budget
 
@@ -288,9 +319,11 @@ class Restating(UniTokPipeline):
 
     restatement = "a large red circle at the top on a black background"
 
-    def rewrite_prompts(self, prompts, batch_size=16):
+    def rewrites(self, prompts, batch_size=16):
+        from generation.pipeline import PromptRewrite
+
         self.asked = list(prompts)
-        return [self.restatement, *prompts[1:]]
+        return [PromptRewrite(self.restatement, "", True), *(PromptRewrite(p, "", False) for p in prompts[1:])]
 
 
 def test_rewriting_draws_and_reranks_from_the_lms_restatement_of_each_prompt(pipe):
@@ -304,8 +337,8 @@ def test_rewriting_draws_and_reranks_from_the_lms_restatement_of_each_prompt(pip
     assert rewritten.drawn_prompts == [Restating.restatement, PROMPTS[1]]
     plain = pipe([rewritten.drawn_prompts[0], PROMPTS[1]], generator=seeded(2), **settings)
     assert torch.equal(rewritten.images, plain.images) and plain.drawn_prompts == [rewritten.drawn_prompts[0], PROMPTS[1]]
-    # The tiny LM's 64 positions less the longest accepted prompt (45 ids) and <|rewrite|>: the same for every prompt.
-    assert rewrite_budget(pipe.vocabulary, 64) == 18
+    # The tiny LM's 64 positions less the longest accepted prompt (44 ids) and <|rewrite|>: the same for every prompt.
+    assert rewrite_budget(pipe.vocabulary, 64) == 19
     # The random LM restates nothing within that budget, so each prompt is kept as it is.
     assert pipe.rewrite_prompts(PROMPTS) == PROMPTS
 
@@ -341,7 +374,8 @@ def test_rewrite_prompts_tells_a_finished_rewrite_from_one_cut_at_the_limit(pipe
     lm.lm_head.bias = torch.nn.Parameter(torch.zeros(lm.lm_head.out_features))
     with torch.no_grad():
         lm.lm_head.bias[pipe.vocabulary.eos_id] = 1e4  # EOS first: finished, empty
-    assert generate_rewrites(lm, pipe.vocabulary, text_ids, max_new_tokens=5) == [[], []]
+    finished = generate_rewrites(lm, pipe.vocabulary, text_ids, max_new_tokens=5)
+    assert [(r.ids, r.finished) for r in finished] == [([], True), ([], True)]
     with torch.no_grad():
         lm.lm_head.bias[pipe.vocabulary.eos_id] = -1e4  # never EOS: cut at the limit
-    assert generate_rewrites(lm, pipe.vocabulary, text_ids, max_new_tokens=5) == [None, None]
+    assert [r.finished for r in generate_rewrites(lm, pipe.vocabulary, text_ids, max_new_tokens=5)] == [False, False]

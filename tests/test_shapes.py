@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from unitok.data import shapes
+from unitok.data.shapes_language import parse_caption
 
 
 @pytest.mark.parametrize("size", [64, 128])
@@ -19,23 +20,13 @@ def test_canonical_caption_parses_back():
     rng = np.random.default_rng(1)
     for _ in range(2000):
         scene = shapes.random_scene(rng)
-        assert shapes.parse_caption(shapes.canonical_caption(scene)) == scene
-
-
-@pytest.mark.parametrize("template", shapes.PARAPHRASE_TEMPLATES, ids=lambda t: t.__name__)
-def test_every_paraphrase_template_parses_to_the_same_scene(template):
-    rng = np.random.default_rng(2)
-    for _ in range(300):
-        scene = shapes.random_scene(rng)
-        text = template(scene, rng)
-        assert text != shapes.canonical_caption(scene)
-        assert shapes.parse_caption(text) == scene, text
+        assert parse_caption(shapes.canonical_caption(scene)) == scene
 
 
 def test_examples_from_the_spec():
     scene = shapes.Scene("white", (shapes.ShapeObject("top left", "large", "red", "circle"),))
     assert shapes.canonical_caption(scene) == "a large red circle at the top left on a white background"
-    three = shapes.parse_caption(
+    three = parse_caption(
         "a small green triangle at the top, a large pink circle at the left and "
         "a small cyan square at the bottom on a gray background"
     )
@@ -50,7 +41,7 @@ def test_examples_from_the_spec():
     "large red circle top left; white background",
 ])
 def test_synonyms_and_word_orders(text):
-    assert shapes.parse_caption(text) == shapes.parse_caption("a large red circle at the top left on a white background")
+    assert parse_caption(text) == parse_caption("a large red circle at the top left on a white background")
 
 
 @pytest.mark.parametrize("text", [
@@ -63,7 +54,7 @@ def test_synonyms_and_word_orders(text):
     "a large red blue circle at the top left on a white background",
 ])
 def test_unparsable_captions_give_none(text):
-    assert shapes.parse_caption(text) is None
+    assert parse_caption(text) is None
 
 
 def test_render_geometry_and_antialiasing():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from unitok.cli import main
-from unitok.data import shapes
+from unitok.data import shapes, shapes_language
 from unitok.data.shapes_shards import scene_split, write_shapes_shards
 from unitok.data.shards import ShardWriter, SkipCounter, iterate_samples, read_shards, shard_urls
 
@@ -28,14 +28,23 @@ def test_cli_writes_deterministic_shards(tmp_path, capsys):
 
 
 def test_sample_content_matches_its_scene(tmp_path):
-    write_shapes_shards(tmp_path, num=20, size=64, seed=0, split="val", progress=False)
+    write_shapes_shards(tmp_path, num=40, size=64, seed=0, split="val", progress=False)
+    readable = 0
     for sample in iterate_samples(tmp_path):
-        scene = shapes.Scene.from_dict(sample["meta"]["scene"])
-        assert sample["image"].shape == (64, 64, 3)
-        assert shapes.analyze(sample["image"]) == scene
+        meta = sample["meta"]
+        scene = shapes.Scene.from_dict(meta["scene"])
+        assert sample["image"].shape == (64, 64, 3)  # a faithful rendering, as a user might send it
+        readable += shapes.analyze(sample["image"]) == scene
+        assert shapes.analyze(sample["images"]["clean"]) == scene
+        assert shapes.analyze(sample["images"]["edited"]) == shapes.Scene.from_dict(meta["edit"]["after"])
         assert sample["caption"] == shapes.canonical_caption(scene)
-        assert all(shapes.parse_caption(p) == scene for p in sample["meta"]["paraphrases"])
+        for prompt in meta["prompts"]:
+            normal = shapes_language.parse_prompt(prompt["normal"])
+            assert normal.satisfied_by(scene), prompt  # what each prompt states holds for its scene
+            assert prompt["family"] in {*shapes_language.TRAIN_FAMILIES, "unknown"}
+        assert [v["match"] for v in meta["verify"]] == [True, False, False]
         assert scene_split(scene) == "val"
+    assert readable >= 38  # renderings vary (JPEG at quality 50, noise) but stay faithful
 
 
 def test_train_and_val_scenes_are_disjoint(tmp_path):

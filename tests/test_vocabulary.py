@@ -16,9 +16,11 @@ def vocab() -> UnifiedVocabulary:
 
 def test_layout_is_text_then_specials_then_codes(vocab):
     assert (vocab.boi_id, vocab.eoi_id, vocab.uncond_id, vocab.rewrite_id) == (300, 301, 302, 303)
-    assert vocab.image_offset == 304 and vocab.size == 304 + 64
+    assert [vocab.special_id(n) for n in ("unknown", "answer", "verify", "yes", "no", "edit")] == list(range(304, 310))
+    assert vocab.image_offset == 310 and vocab.size == 310 + 64
     assert vocab.tokens_per_image == 16
-    assert vocab.special_tokens == ["<|boi|>", "<|eoi|>", "<|uncond|>", "<|rewrite|>"]
+    assert vocab.special_tokens == ["<|boi|>", "<|eoi|>", "<|uncond|>", "<|rewrite|>", "<|unknown|>", "<|answer|>",
+                                    "<|verify|>", "<|yes|>", "<|no|>", "<|edit|>"]
     assert vocab.image_tokens[0] == "<|img_0|>" and len(vocab.image_tokens) == 64
 
 
@@ -55,7 +57,7 @@ def test_save_and_load_round_trip(vocab, tmp_path):
     assert path.name == VOCABULARY_FILE
     assert UnifiedVocabulary.load(tmp_path) == vocab
     stored = json.loads(path.read_text())
-    assert stored["layout"]["image_offset"] == 304 and stored["bos_id"] == 1
+    assert stored["layout"]["image_offset"] == 310 and stored["bos_id"] == 1
 
 
 def test_file_saved_before_rewrite_keeps_its_layout(vocab):
@@ -64,7 +66,7 @@ def test_file_saved_before_rewrite_keeps_its_layout(vocab):
     del data["layout"]
     older = UnifiedVocabulary.from_dict(data)
     assert not older.can_rewrite and vocab.can_rewrite
-    assert older.image_offset == vocab.image_offset - 1
+    assert older.image_offset == vocab.image_offset - 7
     with pytest.raises(KeyError, match="rewrite"):
         older.special_id("rewrite")
 
@@ -91,7 +93,7 @@ def test_loading_rejects_missing_or_inconsistent_files(vocab, tmp_path):
     [
         ({"codebook_size": 128}, "128 codes, vocabulary expects 64"),
         ({"grid": (8, 8)}, r"\(8, 8\) code grid"),
-        ({"lm_vocab_size": 300}, "300 embedding rows, vocabulary needs 368"),
+        ({"lm_vocab_size": 300}, "300 embedding rows, vocabulary needs 374"),
         ({"text_size": 301}, "301 ids, vocabulary expects 300"),
     ],
 )
@@ -101,7 +103,7 @@ def test_check_compatible_names_each_mismatch(vocab, mismatch, message):
 
 
 def test_check_compatible_accepts_matching_parts(vocab):
-    vocab.check_compatible(codebook_size=64, grid=(4, 4), lm_vocab_size=368, text_size=300)
+    vocab.check_compatible(codebook_size=64, grid=(4, 4), lm_vocab_size=374, text_size=300)
 
 
 def test_invalid_layouts_are_refused():

@@ -1,9 +1,9 @@
 """Image shards -> code shards: every image encoded once, for LM training (``unitok tokenize``).
 
 Each output sample has ``codes.npy`` (int16 when the codebook fits, else int32; shape ``(h, w)``,
-or ``(h, w, Q)`` for a residual quantizer), the ``txt`` caption copied as is and the ``json``
-metadata copied with ``tokenizer`` (name of the tokenizer folder), ``grid_size`` and
-``codebook_size`` added, so the LM can check it reads codes of the tokenizer it expects.
+or ``(h, w, Q)`` for a residual quantizer) and ``{name}.codes.npy`` for every extra image
+``{name}.png`` of the input, the ``txt`` caption copied as is and the ``json`` metadata copied with
+``tokenizer``, ``grid_size`` and ``codebook_size`` added, so the LM can check its codes' tokenizer.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tokenizer.data import ImageTransform
+from tokenizer.images import array_to_tensor
 from tokenizer.model import VQTokenizer
 from unitok.data.shards import ShardWriter, SkipCounter, read_shards
 
@@ -25,17 +26,26 @@ def tokenize_shards(model: VQTokenizer, source: str | os.PathLike | list[str], o
     returns how many samples were written, in how many shards, and how many were skipped."""
     skipped = SkipCounter("shard member")
     transform = ImageTransform(model.image_size, random_crop=False)
-    dataset = read_shards(source, training=False, skip_counter=skipped,
-                          transform=lambda sample: (sample, transform(sample)))
+
+    def views(sample: dict) -> tuple[dict, list[str], torch.Tensor]:
+        names = ["", *sorted(sample["images"])]  # "" is the main image
+        pixels = [sample["image"], *(sample["images"][n] for n in names[1:])]
+        return sample, names, torch.stack([array_to_tensor(transform.fit(p)) for p in pixels])
+
+    dataset = read_shards(source, training=False, skip_counter=skipped, transform=views)
     dtype = np.int16 if model.codebook_size <= np.iinfo(np.int16).max + 1 else np.int32
     extra = {"tokenizer": name, "grid_size": list(model.grid_size), "codebook_size": model.codebook_size}
-    pending: list[tuple[dict, torch.Tensor]] = []
+    pending: list[tuple[dict, list[str], torch.Tensor]] = []
 
     def flush(writer: ShardWriter) -> None:
         with torch.inference_mode():
-            codes = model.encode(torch.stack([image for _, image in pending])).cpu().numpy()
-        for (sample, _), grid in zip(pending, codes, strict=True):
-            member = {"__key__": sample["key"], "codes.npy": grid.astype(dtype), "json": {**sample["meta"], **extra}}
+            codes = model.encode(torch.cat([images for _, _, images in pending])).cpu().numpy().astype(dtype)
+        offset = 0
+        for sample, names, _ in pending:
+            member = {"__key__": sample["key"], "json": {**sample["meta"], **extra}}
+            for view, grid in zip(names, codes[offset : offset + len(names)], strict=True):
+                member[f"{view}.codes.npy" if view else "codes.npy"] = grid
+            offset += len(names)
             if "caption" in sample:
                 member["txt"] = sample["caption"]
             writer.write(member)

@@ -19,12 +19,15 @@ from unitok.data.shards import SkipCounter, read_shards
 
 
 class ImageTransform:
-    """Decoded sample -> image tensor. Training may take a random square crop (photos); Shapes
+    """Decoded sample -> image tensor, or (input, target) tensors when ``target_view`` names an
+    extra image of the sample (e.g. ``clean``: the canonical render a degraded file should
+    reconstruct to). Training may take a random square crop (photos), the same for both; Shapes
     images are used whole, because their layout (cells, positions) is the content."""
 
-    def __init__(self, image_size: int, random_crop: bool, min_crop_fraction: float = 0.5, seed: int = 0):
+    def __init__(self, image_size: int, random_crop: bool, min_crop_fraction: float = 0.5, seed: int = 0,
+                 target_view: str | None = None):
         self.image_size, self.random_crop, self.min_crop_fraction = image_size, random_crop, min_crop_fraction
-        self.seed, self._rng, self._rng_worker = seed, None, None
+        self.seed, self.target_view, self._rng, self._rng_worker = seed, target_view, None, None
 
     def _generator(self) -> np.random.Generator:
         """One generator per loader worker: forked copies of one generator would crop alike."""
@@ -34,21 +37,35 @@ class ImageTransform:
             self._rng, self._rng_worker = np.random.default_rng([self.seed, worker + 1]), worker
         return self._rng
 
-    def __call__(self, sample: dict[str, Any]) -> torch.Tensor:
+    def __call__(self, sample: dict[str, Any]) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if "image" not in sample:
             raise ValueError(f"sample {sample['key']!r} has no image member")
-        pixels = sample["image"]
-        height, width = pixels.shape[:2]
+        views = [sample["image"]]
+        if self.target_view is not None:
+            views.append(sample["images"].get(self.target_view, sample["image"]))
+        height, width = views[0].shape[:2]
         if self.random_crop:
             rng = self._generator()
             side = int(min(height, width) * rng.uniform(self.min_crop_fraction, 1.0))
             top, left = rng.integers(0, height - side + 1), rng.integers(0, width - side + 1)
-            pixels = pixels[top:top + side, left:left + side]
-            if rng.random() < 0.5:
-                pixels = pixels[:, ::-1]
-        if pixels.shape[:2] != (self.image_size, self.image_size):
-            pixels = np.asarray(square_resize(Image.fromarray(np.ascontiguousarray(pixels)), self.image_size))
-        return array_to_tensor(pixels)
+            flip = rng.random() < 0.5
+            views = [v[top:top + side, left:left + side][:, ::-1] if flip else v[top:top + side, left:left + side]
+                     for v in views]
+        tensors = [array_to_tensor(self.fit(v)) for v in views]
+        return tensors[0] if len(tensors) == 1 else tuple(tensors)
+
+    def fit(self, pixels: np.ndarray) -> np.ndarray:
+        """``pixels`` at the model's image size (the central square, antialiased)."""
+        if pixels.shape[:2] == (self.image_size, self.image_size):
+            return pixels
+        return np.asarray(square_resize(Image.fromarray(np.ascontiguousarray(pixels)), self.image_size))
+
+
+def stack_batch(items: list) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Images -> one tensor; (input, target) pairs -> a pair of tensors."""
+    if isinstance(items[0], tuple):
+        return tuple(torch.stack(column) for column in zip(*items, strict=True))
+    return torch.stack(items)
 
 
 class TokenizerDataModule(L.LightningDataModule):
@@ -63,6 +80,8 @@ class TokenizerDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes.
         random_crop: random square crops + flips for training (photos); off for Shapes.
         val_samples: cap on validation images (None: the whole validation set).
+        target_view: an extra image member the model reconstructs instead of its input (``clean``:
+            denoising, for shards that carry a clean render beside a degraded file).
         shuffle_buffer: in-memory shuffle buffer of the training stream.
         seed: seed of the stream shuffle and of the crops.
     """
@@ -79,6 +98,7 @@ class TokenizerDataModule(L.LightningDataModule):
         val_samples: int | None = None,
         shuffle_buffer: int = 2000,
         seed: int = 0,
+        target_view: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -88,19 +108,21 @@ class TokenizerDataModule(L.LightningDataModule):
         h = self.hparams
         dataset = read_shards(
             h.train_shards, training=True, samples_per_epoch=h.samples_per_epoch, shuffle_buffer=h.shuffle_buffer,
-            transform=ImageTransform(h.image_size, h.random_crop, seed=h.seed), skip_counter=self.skipped, seed=h.seed,
-        ).batched(h.batch_size, collation_fn=torch.stack, partial=False)
+            transform=ImageTransform(h.image_size, h.random_crop, seed=h.seed, target_view=h.target_view),
+            skip_counter=self.skipped, seed=h.seed,
+        ).batched(h.batch_size, collation_fn=stack_batch, partial=False)
         return self._loader(dataset)
 
     def val_dataloader(self) -> DataLoader:
         h = self.hparams
         dataset = read_shards(
-            h.val_shards, training=False, transform=ImageTransform(h.image_size, random_crop=False),
+            h.val_shards, training=False,
+            transform=ImageTransform(h.image_size, random_crop=False, target_view=h.target_view),
             skip_counter=self.skipped,
         )
         if h.val_samples:
             dataset = dataset.slice(h.val_samples)
-        return self._loader(dataset.batched(h.batch_size, collation_fn=torch.stack, partial=True))
+        return self._loader(dataset.batched(h.batch_size, collation_fn=stack_batch, partial=True))
 
     def _loader(self, dataset) -> DataLoader:
         # Batching happens in the webdataset pipeline (workers collate), so batch_size=None here.

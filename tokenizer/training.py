@@ -130,12 +130,18 @@ class TokenizerModule(L.LightningModule):
             return images.contiguous(memory_format=torch.channels_last)
         return images
 
-    def training_step(self, images: torch.Tensor, batch_idx: int) -> None:
+    def _inputs_and_targets(self, batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor]):
+        """A batch is images (reconstruct them) or (inputs, targets): denoising, e.g. a JPEG of a
+        scene in, its clean render out, so codes do not depend on how an image was saved."""
+        inputs, targets = batch if isinstance(batch, tuple | list) else (batch, batch)
+        return self._prepare(inputs), self._prepare(targets)
+
+    def training_step(self, batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         h = self.hparams
-        images = self._prepare(images)
+        inputs, images = self._inputs_and_targets(batch)
         optimizers = self.optimizers()
         generator = optimizers[0] if isinstance(optimizers, list) else optimizers
-        out = self.tokenizer(images)
+        out = self.tokenizer(inputs)
         reconstruction = out.reconstruction.float()
         losses = {
             "l1": F.l1_loss(reconstruction, images),
@@ -211,9 +217,9 @@ class TokenizerModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self.val_counts.zero_()
 
-    def validation_step(self, images: torch.Tensor, batch_idx: int) -> None:
-        images = self._prepare(images)
-        out = self.tokenizer(images)
+    def validation_step(self, batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        inputs, images = self._inputs_and_targets(batch)
+        out = self.tokenizer(inputs)
         reconstruction = out.reconstruction.float().clamp(-1, 1)
         self.val_counts += torch.bincount(out.codes.flatten(), minlength=self.tokenizer.codebook_size)
         batch = images.shape[0]
@@ -222,7 +228,7 @@ class TokenizerModule(L.LightningModule):
         self.log("val/ssim", ssim, batch_size=batch, sync_dist=True)
         self.log("val/l1", F.l1_loss(reconstruction, images), batch_size=batch, sync_dist=True)
         if batch_idx == 0 and self.trainer.is_global_zero:
-            self._write_grid(images[: self.hparams.grid_images], reconstruction[: self.hparams.grid_images])
+            self._write_grid(inputs[: self.hparams.grid_images], reconstruction[: self.hparams.grid_images])
 
     def on_validation_epoch_end(self) -> None:
         # Every rank reads the whole validation set, so its counts are already the full histogram.

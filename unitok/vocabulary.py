@@ -24,7 +24,13 @@ SPECIALS: dict[str, str] = {
     "boi": "<|boi|>",  # begin of image codes
     "eoi": "<|eoi|>",  # end of image codes
     "uncond": "<|uncond|>",  # the empty caption, for classifier-free guidance
-    "rewrite": "<|rewrite|>",  # ends a free-form prompt; its reference caption follows
+    "rewrite": "<|rewrite|>",  # ends a free-form prompt; its normal form (or reference caption) follows
+    "unknown": "<|unknown|>",  # in a rewrite: what follows is what the model cannot draw
+    "answer": "<|answer|>",  # ends a question about an image; the answer follows
+    "verify": "<|verify|>",  # ends a prompt after an image; <|yes|> or <|no|> follows: does it match?
+    "yes": "<|yes|>",
+    "no": "<|no|>",
+    "edit": "<|edit|>",  # ends an instruction after an image; the edited image follows
 }
 
 
@@ -77,6 +83,10 @@ class UnifiedVocabulary:
     def can_rewrite(self) -> bool:
         """Whether the layout has <|rewrite|> (vocabularies saved before it was added do not)."""
         return "rewrite" in self.special_names
+
+    def has(self, *names: str) -> bool:
+        """Whether the layout has all these specials (older vocabularies have fewer tasks)."""
+        return all(name in self.special_names for name in names)
 
     @property
     def image_offset(self) -> int:

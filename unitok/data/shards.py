@@ -121,18 +121,26 @@ class SkipCounter:
 
 
 def _decode_sample(raw: dict[str, Any]) -> dict[str, Any]:
-    """Turn raw tar members into ``image`` (uint8 HWC RGB), ``codes``, ``caption`` and ``meta``.
+    """Turn raw tar members into ``image`` (uint8 HWC RGB), ``codes``, ``caption`` and ``meta``,
+    and named extra views: member ``clean.png`` -> ``images["clean"]``, ``clean.codes.npy`` ->
+    ``named_codes["clean"]``.
 
     Only these members are decoded, on purpose: webdataset's default decoders would also unpickle
     ``pyd``/``pth`` members, and shards may come from anyone.
     """
-    sample: dict[str, Any] = {"key": raw["__key__"]}
-    for ext in IMAGE_EXTENSIONS:
-        if ext in raw:
-            sample["image"] = np.asarray(load_image(raw[ext]).image)
-            break
-    if "codes.npy" in raw:
-        sample["codes"] = np.load(io.BytesIO(raw["codes.npy"]), allow_pickle=False)
+    sample: dict[str, Any] = {"key": raw["__key__"], "images": {}, "named_codes": {}}
+    for member, data in raw.items():
+        name, _, ext = member.rpartition(".")
+        if ext in IMAGE_EXTENSIONS:
+            pixels = np.asarray(load_image(data).image)
+            if name:
+                sample["images"][name] = pixels
+            else:
+                sample["image"] = pixels
+        elif member == "codes.npy":
+            sample["codes"] = np.load(io.BytesIO(data), allow_pickle=False)
+        elif member.endswith(".codes.npy"):
+            sample["named_codes"][member.removesuffix(".codes.npy")] = np.load(io.BytesIO(data), allow_pickle=False)
     if "txt" in raw:
         sample["caption"] = raw["txt"].decode("utf-8")
     sample["meta"] = json.loads(raw["json"].decode("utf-8")) if "json" in raw else {}

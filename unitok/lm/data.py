@@ -19,33 +19,47 @@ from unitok.data.shards import SkipCounter, iterate_samples, read_shards
 from unitok.errors import UserError
 from unitok.lm.sequences import (
     Example,
+    PromptIds,
+    SampleTexts,
     TaskMix,
+    answering_example,
     captioning_example,
     collate,
+    editing_example,
     rewriting_example,
     sample_example,
     text_to_image_example,
+    verifying_example,
 )
 from unitok.lm.text_tokenizer import encode_text
 from unitok.vocabulary import UnifiedVocabulary
 
 
 def caption_texts(source: str | list[str], limit: int | None = None) -> Iterator[str]:
-    """Reference captions and paraphrases of a shard set: the corpus a from-scratch BPE learns."""
+    """Every text of a shard set (captions, prompts and their normal forms, questions, answers,
+    instructions): the corpus a from-scratch BPE learns."""
     for index, sample in enumerate(iterate_samples(source)):
         if limit is not None and index >= limit:
             return
         if "caption" in sample:
             yield sample["caption"]
-        yield from sample["meta"].get("paraphrases", [])
+        meta = sample["meta"]
+        yield from meta.get("paraphrases", [])
+        for prompt in meta.get("prompts", []):
+            yield from (prompt[k] for k in ("text", "normal", "unknown") if k in prompt)
+        for question in meta.get("questions", []):
+            yield question["question"]
+            yield question["answer"]
+        yield from (verdict["text"] for verdict in meta.get("verify", []))
+        if "edit" in meta:
+            yield meta["edit"]["instruction"]
 
 
 class ExampleMaker:
     """Shard-sample transform: decoded sample -> list of training ``Example``s.
 
-    training=True draws one sequence per sample from the task mix; training=False yields a
-    text-to-image (reference caption) and a captioning sequence, and a rewriting one (first
-    paraphrase) when the mix trains rewriting, so validation measures each task.
+    training=True draws one sequence per sample from the task mix; training=False yields one
+    sequence of every task the mix trains and the sample has text for, so validation measures each.
     A plain class (not a closure) so DataLoader workers can pickle it.
     """
 
@@ -61,17 +75,46 @@ class ExampleMaker:
             self._rng = random.Random(torch.initial_seed() + 7919 * rank + self.seed)
         return self._rng
 
+    def texts(self, sample: dict[str, Any]) -> SampleTexts:
+        """The sample's texts as ids (prompts from ``meta["prompts"]``, or plain ``paraphrases``)."""
+        def ids(text: str) -> list[int]:
+            return encode_text(self.tokenizer, text)
+
+        meta, named = sample["meta"], sample.get("named_codes", {})
+        prompts = [PromptIds(ids(p["text"]), ids(p["normal"]) if "normal" in p else None,
+                             ids(p["unknown"]) if "unknown" in p else None) for p in meta.get("prompts", [])] \
+            or [PromptIds(ids(text)) for text in meta.get("paraphrases", [])]
+        edit = meta.get("edit")
+        return SampleTexts(
+            caption=ids(sample["caption"]), prompts=prompts,
+            questions=[(ids(q["question"]), ids(q["answer"])) for q in meta.get("questions", [])],
+            verdicts=[(ids(v["text"]), bool(v["match"])) for v in meta.get("verify", [])],
+            edit=(ids(edit["instruction"]), _codes(named["edited"])) if edit and "edited" in named else None,
+            target_codes=_codes(named["clean"]) if "clean" in named else None,
+        )
+
     def __call__(self, sample: dict[str, Any]) -> list[Example]:
-        codes = torch.from_numpy(sample["codes"].astype("int64"))
-        caption = encode_text(self.tokenizer, sample["caption"])
-        texts = sample["meta"].get("paraphrases", [])
-        if not self.training:
-            examples = [text_to_image_example(caption, codes, self.vocab), captioning_example(codes, caption, self.vocab)]
-            if self.mix.rewriting and texts:
-                examples.append(rewriting_example(encode_text(self.tokenizer, texts[0]), caption, self.vocab))
-            return examples
-        paraphrases = [encode_text(self.tokenizer, p) for p in texts]
-        return [sample_example(codes, caption, paraphrases, self.vocab, self.mix, self._random())]
+        codes = _codes(sample["codes"])
+        texts = self.texts(sample)
+        if self.training:
+            return [sample_example(codes, texts, self.vocab, self.mix, self._random())]
+        target = texts.target_codes if texts.target_codes is not None else codes
+        examples = [text_to_image_example(texts.caption, target, self.vocab),
+                    captioning_example(codes, texts.caption, self.vocab)]
+        if self.mix.rewriting and texts.prompts:
+            first = texts.prompts[0]
+            examples.append(rewriting_example(first.text, first.normal or texts.caption, self.vocab, first.unknown))
+        if self.mix.answering and texts.questions:
+            examples.append(answering_example(codes, *texts.questions[0], self.vocab))
+        if self.mix.verifying and texts.verdicts:
+            examples.append(verifying_example(codes, *texts.verdicts[0], self.vocab))
+        if self.mix.editing and texts.edit is not None:
+            examples.append(editing_example(codes, *texts.edit, self.vocab))
+        return examples
+
+
+def _codes(array) -> torch.Tensor:
+    return torch.from_numpy(array.astype("int64"))
 
 
 def collate_examples(batch: list[list[Example]], vocab: UnifiedVocabulary) -> dict[str, torch.Tensor]:
@@ -79,19 +122,19 @@ def collate_examples(batch: list[list[Example]], vocab: UnifiedVocabulary) -> di
 
 
 class CodeShardDataModule(L.LightningDataModule):
-    """Batches of text-to-image / captioning sequences from code shards.
+    """Batches of unified sequences (every task of ``unitok.lm.sequences``) from code shards.
 
     Args:
         train_shards: folder, glob or brace pattern of training code shards.
         val_shards: the same for validation (every rank reads all of it).
-        batch_size: samples per batch (per device); validation batches hold 2-3 sequences per sample.
+        batch_size: samples per batch (per device); validation batches hold one sequence per task.
         samples_per_epoch: training samples per epoch and rank (the stream is resampled, endless).
         val_samples: validate on the first N validation samples (None: all).
-        text_to_image: probability of a text-to-image sequence.
+        text_to_image, rewriting, answering, verifying, editing: each task's share of the training
+            sequences; the rest is captioning.
         caption_dropout: probability of replacing a text-to-image caption by <|uncond|> (CFG).
-        paraphrase: probability that a text-to-image prompt is one of the sample's paraphrases.
-        rewriting: probability of a rewriting sequence (a sample's paraphrase -> its caption);
-            the rest of ``1 - text_to_image - rewriting`` is captioning.
+        paraphrase: probability that a text-to-image prompt is one of the sample's prompts as written.
+        normal_form: else, probability that it is a prompt's normal form (else the caption).
         num_workers: DataLoader worker processes.
         shuffle_buffer: samples in the training shuffle buffer.
     """
@@ -106,7 +149,11 @@ class CodeShardDataModule(L.LightningDataModule):
         text_to_image: float = 0.5,
         caption_dropout: float = 0.1,
         paraphrase: float = 0.5,
+        normal_form: float = 0.0,
         rewriting: float = 0.0,
+        answering: float = 0.0,
+        verifying: float = 0.0,
+        editing: float = 0.0,
         num_workers: int = 1,
         shuffle_buffer: int = 2000,
         seed: int = 0,
@@ -114,7 +161,8 @@ class CodeShardDataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.mix = TaskMix(text_to_image=text_to_image, caption_dropout=caption_dropout, paraphrase=paraphrase,
-                           rewriting=rewriting)
+                           normal_form=normal_form, rewriting=rewriting, answering=answering, verifying=verifying,
+                           editing=editing)
         self.skips = SkipCounter("code-shard sample")
 
     def _model_text_side(self) -> tuple[Any, UnifiedVocabulary]:

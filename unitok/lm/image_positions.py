@@ -54,12 +54,14 @@ def attach_image_positions(model: PreTrainedModel, vocab: UnifiedVocabulary, wei
 
 
 def image_slots(input_ids: torch.Tensor, vocab: UnifiedVocabulary) -> torch.Tensor:
-    """``[B, L]`` slot of every position of whole sequences (left- or right-padded, one image each)."""
+    """``[B, L]`` slot of every position of whole sequences (left- or right-padded): a code's
+    offset from the ``<|boi|>`` that opened its image, so the two images of an edit share slots."""
     is_boi = input_ids == vocab.boi_id
-    boi = is_boi.int().argmax(-1, keepdim=True)
-    offset = torch.arange(input_ids.shape[1], device=input_ids.device) - boi
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+    last_boi = torch.where(is_boi, positions, -1).cummax(-1).values
+    offset = positions - last_boi
     is_code = (input_ids >= vocab.image_offset) & (input_ids < vocab.image_offset + vocab.codebook_size)
-    inside = (offset >= 0) & (offset <= vocab.tokens_per_image) & (is_code | is_boi) & is_boi.any(-1, keepdim=True)
+    inside = (last_boi >= 0) & (offset <= vocab.tokens_per_image) & (is_code | is_boi)
     return offset.masked_fill(~inside, NO_SLOT)
 
 

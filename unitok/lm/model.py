@@ -30,7 +30,7 @@ from unitok.lm.embedding_rows import draw_new_rows
 from unitok.lm.image_positions import image_positions_saved_apart, load_image_positions
 from unitok.lm.layout_upgrade import add_missing_specials
 from unitok.lm.text_tokenizer import check_tokenizer, extend_tokenizer, vocabulary_for
-from unitok.vocabulary import VOCABULARY_FILE, UnifiedVocabulary
+from unitok.vocabulary import SPECIALS, VOCABULARY_FILE, UnifiedVocabulary
 
 
 @dataclass
@@ -59,10 +59,12 @@ def _set_special_ids(model: PreTrainedModel, vocab: UnifiedVocabulary) -> None:
 
 
 def build_scratch_lm(
-    text_tokenizer: PreTrainedTokenizerBase, codebook_size: int, grid: tuple[int, int], config: ScratchConfig
+    text_tokenizer: PreTrainedTokenizerBase, codebook_size: int, grid: tuple[int, int], config: ScratchConfig,
+    special_names: tuple[str, ...] = tuple(SPECIALS),
 ) -> tuple[PreTrainedModel, UnifiedVocabulary]:
-    """A randomly initialised Llama sized for the unified vocabulary; extends ``text_tokenizer``."""
-    vocab = vocabulary_for(text_tokenizer, codebook_size, grid)
+    """A randomly initialised Llama sized for the unified vocabulary (with ``special_names``; an
+    older layout has fewer); extends ``text_tokenizer``."""
+    vocab = vocabulary_for(text_tokenizer, codebook_size, grid, special_names)
     extend_tokenizer(text_tokenizer, vocab)
     llama = LlamaConfig(
         vocab_size=vocab.size,

@@ -116,10 +116,10 @@ class UnifiedLMModule(L.LightningModule):
         counted = targets != IGNORE
         batch_size = batch["input_ids"].shape[0]
         on_step = stage == "train"
-        # The loss averages one token mean per target modality (LOSS_GROUPS): a captioning
+        # The loss averages one token mean per kind of target (LOSS_GROUPS): a captioning
         # sequence has ~20 target tokens against 65 for text-to-image, and a plain token mean
-        # would make captioning learn ~3x slower. Text tasks share theirs, so adding rewriting
-        # does not take a share of the loss from drawing.
+        # would make text learn ~3x slower. Tasks of a kind share theirs, so adding one does not
+        # take a share of the loss from the other kinds.
         for index, task in enumerate(TASKS):
             rows = counted & (batch["task"] == index)[:, None]
             if rows.any():
@@ -136,12 +136,14 @@ class UnifiedLMModule(L.LightningModule):
         loss = torch.stack(group_losses).mean() if group_losses else token_loss.sum() * 0.0
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=batch_size, on_step=on_step, on_epoch=not on_step,
                  sync_dist=not on_step)
-        is_image = counted & (targets >= self.vocabulary.image_offset)
-        if is_image.any():
-            correct = (predicted == targets)[is_image].float().mean()
-            self.log(f"{stage}/image_token_acc", correct, prog_bar=stage == "val", batch_size=batch_size,
-                     on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
-        for task, metric in (("captioning", "caption_token_acc"), ("rewriting", "rewrite_token_acc")):
+        for task, metric in (("text_to_image", "image_token_acc"), ("editing", "edit_token_acc")):
+            is_image = counted & (targets >= self.vocabulary.image_offset) & (batch["task"] == TASKS.index(task))[:, None]
+            if is_image.any():
+                correct = (predicted == targets)[is_image].float().mean()
+                self.log(f"{stage}/{metric}", correct, prog_bar=stage == "val" and task == "text_to_image",
+                         batch_size=batch_size, on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
+        for task, metric in (("captioning", "caption_token_acc"), ("rewriting", "rewrite_token_acc"),
+                             ("answering", "answer_token_acc"), ("verifying", "verdict_acc")):
             is_text = counted & (batch["task"] == TASKS.index(task))[:, None]
             if is_text.any():
                 correct = (predicted == targets)[is_text].float().mean()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -17,28 +17,58 @@ from unitok.vocabulary import UnifiedVocabulary
 
 IGNORE = -100  # label of positions that carry no loss (torch cross_entropy's ignore_index)
 WRITTEN_TOKENS = 64  # the most text ids the LM writes on its own for a reading (caption) or a rewrite
-TASKS = ("text_to_image", "captioning", "rewriting")  # index = the ``task`` value in a batch
-# Tasks by the modality of their targets; the training loss averages one token mean per group.
-LOSS_GROUPS = {"image codes": ("text_to_image",), "text": ("captioning", "rewriting")}
+TASKS = ("text_to_image", "captioning", "rewriting", "answering", "verifying", "editing")  # index = ``task``
+# Tasks by the kind of their targets; the training loss averages one token mean per group.
+LOSS_GROUPS = {"image codes": ("text_to_image", "editing"), "text": ("captioning", "rewriting", "answering"),
+               "verdicts": ("verifying",)}
+_TASK_SHARES = ("text_to_image", "rewriting", "answering", "verifying", "editing")  # the rest is captioning
 
 
 @dataclass(frozen=True)
 class TaskMix:
-    """How training sequences are drawn from a (codes, caption, paraphrases) sample."""
+    """How training sequences are drawn from a sample (``SampleTexts``): each task's share, the
+    rest captioning. A task the sample has no text for (no prompts, no questions, ...) draws a
+    captioning sequence instead."""
 
-    text_to_image: float = 0.5  # probability of a text-to-image sequence
+    text_to_image: float = 0.5
     caption_dropout: float = 0.1  # text-to-image caption replaced by <|uncond|>, for CFG
-    paraphrase: float = 0.5  # text-to-image prompt is a paraphrase (when the sample has some)
-    rewriting: float = 0.0  # probability of a rewriting sequence (when the sample has paraphrases)
-    # what is left of text_to_image + rewriting is captioning
+    paraphrase: float = 0.5  # text-to-image prompt is one of the sample's prompts as written
+    normal_form: float = 0.0  # else: a prompt's normal form (a partial one when it states little)
+    rewriting: float = 0.0
+    answering: float = 0.0
+    verifying: float = 0.0
+    editing: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("text_to_image", "caption_dropout", "paraphrase", "rewriting"):
+        for name in ("caption_dropout", "paraphrase", "normal_form", *_TASK_SHARES):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"TaskMix.{name} must be a probability, got {getattr(self, name)}")
-        if self.text_to_image + self.rewriting > 1.0:
-            raise ValueError(f"TaskMix.text_to_image + rewriting must be at most 1 (the rest is captioning), "
-                             f"got {self.text_to_image} + {self.rewriting}")
+        total = sum(getattr(self, name) for name in _TASK_SHARES)
+        if total > 1.0 + 1e-9:
+            raise ValueError(f"TaskMix.{' + '.join(_TASK_SHARES)} must be at most 1 (the rest is captioning), "
+                             f"got {total:g}")
+
+
+@dataclass
+class PromptIds:
+    """One prompt of a sample, as text ids: how it was written, its normal form (None where the
+    data has none) and the words in it the domain cannot draw (None: all drawable)."""
+
+    text: list[int]
+    normal: list[int] | None = None
+    unknown: list[int] | None = None
+
+
+@dataclass
+class SampleTexts:
+    """Everything one training sample offers besides its image codes."""
+
+    caption: list[int]
+    prompts: list[PromptIds] = field(default_factory=list)
+    questions: list[tuple[list[int], list[int]]] = field(default_factory=list)  # (question, answer)
+    verdicts: list[tuple[list[int], bool]] = field(default_factory=list)  # (prompt, does the image match)
+    edit: tuple[list[int], torch.Tensor] | None = None  # (instruction, the edited image's codes)
+    target_codes: torch.Tensor | None = None  # what drawing the caption should give (default: the codes)
 
 
 @dataclass
@@ -88,37 +118,81 @@ def captioning_example(codes: torch.Tensor, text_ids: Sequence[int], vocab: Unif
     return Example(condition + target, [IGNORE] * len(condition) + target, TASKS.index("captioning"))
 
 
-def rewriting_example(prompt_ids: Sequence[int], caption_ids: Sequence[int], vocab: UnifiedVocabulary) -> Example:
-    """``[bos] prompt <|rewrite|> caption <eos>`` with the loss on the caption and ``<eos>``."""
+def rewriting_example(prompt_ids: Sequence[int], target_ids: Sequence[int], vocab: UnifiedVocabulary,
+                      unknown_ids: Sequence[int] | None = None) -> Example:
+    """``[bos] prompt <|rewrite|> target [<|unknown|> words] <eos>``, the loss on what follows
+    ``<|rewrite|>``: the prompt's normal form (or reference caption) and what it cannot draw."""
     condition = _bos(vocab) + list(prompt_ids) + [vocab.rewrite_id]
-    target = list(caption_ids) + [vocab.eos_id]
+    target = list(target_ids) + ([vocab.special_id("unknown"), *unknown_ids] if unknown_ids else []) + [vocab.eos_id]
     return Example(condition + target, [IGNORE] * len(condition) + target, TASKS.index("rewriting"))
 
 
-def sample_example(
-    codes: torch.Tensor,
-    caption_ids: Sequence[int],
-    paraphrase_ids: Sequence[Sequence[int]],
-    vocab: UnifiedVocabulary,
-    mix: TaskMix,
-    rng: random.Random,
-) -> Example:
+def answering_example(codes: torch.Tensor, question_ids: Sequence[int], answer_ids: Sequence[int],
+                      vocab: UnifiedVocabulary) -> Example:
+    """``[bos] <boi> codes <eoi> question <|answer|> answer <eos>``, the loss on the answer and ``<eos>``."""
+    condition = _bos(vocab) + _image_segment(_code_ids(codes, vocab), vocab) + list(question_ids) + \
+        [vocab.special_id("answer")]
+    target = list(answer_ids) + [vocab.eos_id]
+    return Example(condition + target, [IGNORE] * len(condition) + target, TASKS.index("answering"))
+
+
+def verifying_example(codes: torch.Tensor, prompt_ids: Sequence[int], matches: bool,
+                      vocab: UnifiedVocabulary) -> Example:
+    """``[bos] <boi> codes <eoi> prompt <|verify|> <|yes|>|<|no|>``: does the image show the prompt?"""
+    condition = _bos(vocab) + _image_segment(_code_ids(codes, vocab), vocab) + list(prompt_ids) + \
+        [vocab.special_id("verify")]
+    target = [vocab.special_id("yes" if matches else "no")]
+    return Example(condition + target, [IGNORE] * len(condition) + target, TASKS.index("verifying"))
+
+
+def editing_example(codes: torch.Tensor, instruction_ids: Sequence[int], edited: torch.Tensor,
+                    vocab: UnifiedVocabulary) -> Example:
+    """``[bos] <boi> codes <eoi> instruction <|edit|> <boi> codes' <eoi>``, the loss on the edited
+    codes and ``<eoi>``."""
+    condition = _bos(vocab) + _image_segment(_code_ids(codes, vocab), vocab) + list(instruction_ids) + \
+        [vocab.special_id("edit"), vocab.boi_id]
+    target = _code_ids(edited, vocab) + [vocab.eoi_id]
+    return Example(condition + target, [IGNORE] * len(condition) + target, TASKS.index("editing"))
+
+
+def sample_example(codes: torch.Tensor, texts: SampleTexts, vocab: UnifiedVocabulary, mix: TaskMix,
+                   rng: random.Random) -> Example:
     """Draw one training sequence for a sample according to ``mix``.
 
-    Captioning and rewriting always target the reference caption (so their output stays
-    parseable); text-to-image prompts may be any phrasing. Rewriting restates a paraphrase or,
-    one time in ``len(paraphrases) + 1``, the reference itself, so a reference prompt is kept as is.
+    Captioning targets the reference caption (so its output stays parseable); text-to-image draws
+    the target codes from the caption, a prompt as written or a prompt's normal form; rewriting
+    restates a prompt (or, one time in ``len(prompts) + 1``, the caption itself) as its normal
+    form, or as the caption where the data has no normal forms.
     """
-    task_draw = rng.random()
-    if task_draw >= mix.text_to_image:
-        if paraphrase_ids and task_draw < mix.text_to_image + mix.rewriting:
-            return rewriting_example(rng.choice([*paraphrase_ids, caption_ids]), caption_ids, vocab)
-        return captioning_example(codes, caption_ids, vocab)
-    if rng.random() < mix.caption_dropout:
-        return text_to_image_example(None, codes, vocab)
-    if paraphrase_ids and rng.random() < mix.paraphrase:
-        return text_to_image_example(rng.choice(paraphrase_ids), codes, vocab)
-    return text_to_image_example(caption_ids, codes, vocab)
+    draw, task = rng.random(), "captioning"
+    for name in _TASK_SHARES:
+        share = getattr(mix, name)
+        if draw < share:
+            task = name
+            break
+        draw -= share
+    drawable = [p for p in texts.prompts if p.unknown is None]
+    if task == "text_to_image":
+        target = texts.target_codes if texts.target_codes is not None else codes
+        if rng.random() < mix.caption_dropout:
+            return text_to_image_example(None, target, vocab)
+        if drawable and rng.random() < mix.paraphrase:
+            return text_to_image_example(rng.choice(drawable).text, target, vocab)
+        normals = [p.normal for p in drawable if p.normal is not None]
+        if normals and rng.random() < mix.normal_form:
+            return text_to_image_example(rng.choice(normals), target, vocab)
+        return text_to_image_example(texts.caption, target, vocab)
+    if task == "rewriting" and texts.prompts:
+        source = rng.choice([*texts.prompts, PromptIds(texts.caption, texts.caption)])
+        return rewriting_example(source.text, source.normal if source.normal is not None else texts.caption, vocab,
+                                 source.unknown)
+    if task == "answering" and texts.questions:
+        return answering_example(codes, *rng.choice(texts.questions), vocab)
+    if task == "verifying" and texts.verdicts:
+        return verifying_example(codes, *rng.choice(texts.verdicts), vocab)
+    if task == "editing" and texts.edit is not None:
+        return editing_example(codes, texts.edit[0], texts.edit[1], vocab)
+    return captioning_example(codes, texts.caption, vocab)
 
 
 def next_token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,6 +251,30 @@ def rewriting_prompt(text_ids: Sequence[Sequence[int]], vocab: UnifiedVocabulary
     return left_pad([_bos(vocab) + list(ids) + [vocab.rewrite_id] for ids in text_ids], vocab)
 
 
+def _image_then(codes: torch.Tensor, texts: Sequence[Sequence[int]], end: Sequence[int],
+                vocab: UnifiedVocabulary) -> Prompt:
+    code_ids = vocab.to_lm_ids(torch.as_tensor(codes)).tolist()
+    if len(code_ids) != len(texts):
+        raise ValueError(f"got {len(code_ids)} images for {len(texts)} texts")
+    return left_pad([_bos(vocab) + _image_segment(row, vocab) + list(ids) + list(end)
+                     for row, ids in zip(code_ids, texts, strict=True)], vocab)
+
+
+def answering_prompt(codes: torch.Tensor, question_ids: Sequence[Sequence[int]], vocab: UnifiedVocabulary) -> Prompt:
+    """Prompts ``[bos] <boi> codes <eoi> question <|answer|>``."""
+    return _image_then(codes, question_ids, [vocab.special_id("answer")], vocab)
+
+
+def verifying_prompt(codes: torch.Tensor, prompt_ids: Sequence[Sequence[int]], vocab: UnifiedVocabulary) -> Prompt:
+    """Prompts ``[bos] <boi> codes <eoi> prompt <|verify|>``: the next id is <|yes|> or <|no|>."""
+    return _image_then(codes, prompt_ids, [vocab.special_id("verify")], vocab)
+
+
+def editing_prompt(codes: torch.Tensor, instruction_ids: Sequence[Sequence[int]], vocab: UnifiedVocabulary) -> Prompt:
+    """Prompts ``[bos] <boi> codes <eoi> instruction <|edit|> <boi>``: the edited codes follow."""
+    return _image_then(codes, instruction_ids, [vocab.special_id("edit"), vocab.boi_id], vocab)
+
+
 def captioning_prompt(codes: torch.Tensor, vocab: UnifiedVocabulary) -> Prompt:
     """Prompts ``[bos] <boi> codes <eoi>`` for image codes of shape ``(batch, h, w)``."""
     code_ids = vocab.to_lm_ids(torch.as_tensor(codes))
@@ -197,11 +295,13 @@ def image_segment_length(vocab: UnifiedVocabulary) -> int:
 def prompt_room(vocab: UnifiedVocabulary, context: int | None) -> int | None:
     """Prompt tokens that fit the context next to a whole image (None: no limit).
 
-    The longest sequence a prompt takes part in is reranking's captioning sequence
-    ``[bos] <|boi|> codes <|eoi|> prompt <eos>`` (drawing's ``[bos] prompt <|boi|> codes <|eoi|>``
-    is one shorter), so that is the one counted: every setting accepts the same prompts.
+    The longest sequence a prompt takes part in is judging's ``[bos] <|boi|> codes <|eoi|> prompt
+    <|verify|> <|yes|>`` (or, for an LM without verification, ``... prompt <eos>``; drawing's
+    ``[bos] prompt <|boi|> codes <|eoi|>`` is shorter), so that is the one counted: every setting
+    accepts the same prompts.
     """
-    return None if context is None else context - image_segment_length(vocab) - 1  # - <eos>
+    # verifying appends <|verify|> <|yes|>, captioning <eos>
+    return None if context is None else context - image_segment_length(vocab) - (2 if vocab.has("verify") else 1)
 
 
 def written_budget(context: int | None, prefix_length: int) -> int:

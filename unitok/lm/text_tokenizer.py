@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from unitok.errors import UserError
-from unitok.vocabulary import UnifiedVocabulary
+from unitok.vocabulary import SPECIALS, UnifiedVocabulary
 
 END_OF_TEXT = "<|endoftext|>"
 
@@ -41,7 +41,8 @@ def train_bpe_tokenizer(captions: Iterable[str], vocab_size: int = 384) -> PreTr
 
 
 def vocabulary_for(
-    tokenizer: PreTrainedTokenizerBase, codebook_size: int, grid: tuple[int, int]
+    tokenizer: PreTrainedTokenizerBase, codebook_size: int, grid: tuple[int, int],
+    special_names: tuple[str, ...] = tuple(SPECIALS),
 ) -> UnifiedVocabulary:
     """The unified layout for a (not yet extended) text tokenizer and an image tokenizer's codes.
 
@@ -57,7 +58,7 @@ def vocabulary_for(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return UnifiedVocabulary(
         text_size=len(tokenizer), codebook_size=codebook_size, grid=tuple(grid),
-        eos_id=tokenizer.eos_token_id, pad_id=pad, bos_id=bos,
+        eos_id=tokenizer.eos_token_id, pad_id=pad, bos_id=bos, special_names=special_names,
     )
 
 

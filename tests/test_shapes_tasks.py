@@ -1,0 +1,62 @@
+"""Questions and edits about Shapes scenes carry their exact answers and results."""
+
+import numpy as np
+import pytest
+
+from unitok.data import shapes
+from unitok.data.shapes_language import Words, parse_prompt
+from unitok.data.shapes_tasks import EDIT_KINDS, QUESTION_KINDS, ask, instruct, refer, untouched_preserved
+
+SCENE = shapes.Scene("black", (shapes.ShapeObject("top left", "large", "red", "circle"),
+                               shapes.ShapeObject("top", "small", "blue", "square"),
+                               shapes.ShapeObject("bottom right", "small", "red", "square")))
+
+
+@pytest.mark.parametrize("kind", QUESTION_KINDS)
+def test_every_kind_of_question_has_a_short_answer_of_its_kind(kind):
+    rng = np.random.default_rng(0)
+    allowed = {"count": set("0123"), "count shape": set("0123"), "count color": set("0123"),
+               "color at": {*shapes.COLORS, "nothing"}, "shape at": {*shapes.SHAPES, "nothing"},
+               "size at": {*shapes.SIZES, "nothing"}, "background": set(shapes.BACKGROUNDS),
+               "exists": {"yes", "no"}, "where": set(shapes.POSITIONS)}
+    for _ in range(200):
+        question = ask(shapes.random_scene(rng), rng, kind)
+        if question.kind != kind:  # "where" and "relation" fall back when nothing can be asked
+            continue
+        if kind == "relation":
+            assert question.answer == "nothing" or question.answer.split(" ")[1] in shapes.SHAPES
+        else:
+            assert question.answer in allowed[kind], question
+
+
+def test_answers_are_the_scenes_facts():
+    rng = np.random.default_rng(1)
+    assert ask(SCENE, rng, "count").answer == "3"
+    answers = {q.text.lower().rstrip("?"): q.answer for q in (ask(SCENE, rng, "count shape") for _ in range(200))}
+    assert answers.get("how many squares are there") == "2" and answers.get("how many circles are there") == "1"
+    where = {q.text.rstrip("?"): q.answer for q in (ask(SCENE, rng, "where") for _ in range(100))}
+    assert where.get("where is the circle") == "top left"
+
+
+def test_references_tell_the_object_apart():
+    rng = np.random.default_rng(2)
+    for _ in range(300):
+        index = int(rng.integers(3))
+        reference = refer(SCENE, index, Words(rng))
+        spec = parse_prompt(reference.removeprefix("the "))
+        matches = [o for o in SCENE.objects if spec.objects[0].matches(o)]
+        assert matches == [SCENE.objects[index]], reference
+
+
+@pytest.mark.parametrize("kind", EDIT_KINDS)
+def test_every_edit_changes_what_it_says_and_nothing_else(kind):
+    rng = np.random.default_rng(3)
+    for _ in range(100):
+        scene = shapes.random_scene(rng)
+        edit = instruct(scene, rng, kind)
+        assert edit.after != edit.before and untouched_preserved(edit, edit.after)
+        if edit.kind == kind:
+            changed = set(edit.before.objects) ^ set(edit.after.objects)
+            assert (edit.before.background != edit.after.background) == (kind == "background")
+            assert len(changed) == {"add": 1, "remove": 1, "background": 0}.get(kind, 2)
+    assert not untouched_preserved(instruct(SCENE, rng, "recolor"), SCENE.__class__("white", SCENE.objects))
