@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Reproduce the embedded default model (UniTok-Shapes) from nothing, deterministically for a seed:
-# Shapes shards -> shapes64 image tokenizer -> code shards -> shapes-tiny LM -> prompt rewriting
-# (a short second LM stage) -> export -> pipeline
-# in unitok/assets/unitok-shapes -> evaluation report.
+# Shapes shards (faithful renderings, prompts in the training phrasing families, questions, edits)
+# -> shapes64 image tokenizer (denoising: any rendering in, the clean scene out) -> code shards of
+# every view -> shapes-tiny LM (every task in one stage: drawing, captioning, rewriting, answering,
+# verifying, editing) -> export -> pipeline in unitok/assets/unitok-shapes -> evaluation report.
 #
 #   bash scripts/train_default.sh            # SEED=0, runs in ./data and ./runs
 #
@@ -19,7 +20,7 @@ ASSET=unitok/assets/unitok-shapes
 stage() { echo "== $(date +%H:%M:%S) $*"; }
 
 [ -d data/shapes/train ] || { stage "Shapes shards"; \
-  $UNITOK data shapes --out data/shapes/train --num 50000 --size 64 --seed "$SEED"; \
+  $UNITOK data shapes --out data/shapes/train --num 60000 --size 64 --seed "$SEED"; \
   $UNITOK data shapes --out data/shapes/val --num 500 --size 64 --seed "$SEED" --split val; }
 
 [ -f runs/shapes64/export/config.json ] || { stage "image tokenizer (shapes64)"; \
@@ -34,13 +35,9 @@ stage() { echo "== $(date +%H:%M:%S) $*"; }
   $UNITOK lm fit --config configs/lm/shapes-tiny.yaml --seed_everything "$SEED"; \
   $UNITOK lm export runs/shapes-tiny/checkpoints/last.ckpt runs/shapes-tiny/export; }
 
-[ -f runs/shapes-tiny-rewrite/export/config.json ] || { stage "prompt rewriting (shapes-tiny-rewrite)"; \
-  $UNITOK lm fit --config configs/lm/shapes-tiny.yaml --config configs/lm/shapes-tiny-rewrite.yaml --seed_everything "$SEED"; \
-  $UNITOK lm export runs/shapes-tiny-rewrite/checkpoints/last.ckpt runs/shapes-tiny-rewrite/export; }
-
 stage "pipeline -> $ASSET"
 # Sampling defaults picked on held-out scenes the report does not use (docs/results.md: "Sampling defaults").
-$PY scripts/assemble_pipeline.py runs/shapes-tiny-rewrite/export runs/shapes64/export "$ASSET" --fp16 --guidance 1 --temperature 0.7 --candidates 16 --consensus-weight 4 --rewrite-prompts
+$PY scripts/assemble_pipeline.py runs/shapes-tiny/export runs/shapes64/export "$ASSET" --fp16 --guidance 1 --temperature 0.7 --candidates 16 --consensus-weight 4 --rewrite-prompts
 
 stage "evaluation"
 $UNITOK eval shapes --model "$ASSET" --out runs/eval-shapes

@@ -184,3 +184,19 @@ def test_command_modules_do_not_import_heavy_libraries():
             "heavy = [m for m in ('torch', 'transformers', 'diffusers', 'lightning') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_models_warnings_go_to_stderr(capsys, model_dir, tmp_path, monkeypatch):
+    import generation.pipeline
+    from generation.pipeline import UniTokPipeline
+
+    monkeypatch.setattr(generation.pipeline, "CONSISTENCY_WARNING", 1.0)  # every image is a poor match
+
+    pipe = UniTokPipeline.from_pretrained(model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(["a red circle"], generator=[torch.Generator().manual_seed(0)]).warnings[0]
+    assert main(["generate", "a red circle", "--model", str(model_dir), "--no-progress",
+                 "--out", str(tmp_path / "w.png")]) == 0
+    err = capsys.readouterr().err
+    assert expected and [line.removeprefix("warning: ") for line in err.splitlines()
+                         if line.startswith("warning: ")] == expected

@@ -29,7 +29,7 @@ from transformers import (
 )
 
 from unitok.cli import main as unitok_main
-from unitok.data import shapes
+from unitok.data import shapes, shapes_language
 from unitok.data.shards import ShardWriter
 from unitok.errors import UserError
 from unitok.lm.data import CodeShardDataModule
@@ -79,7 +79,7 @@ def write_code_shards(out_dir, num: int, grid=GRID, codebook=CODEBOOK, seed=0, m
         for index, scene in enumerate(scenes(num, seed)):
             codes = rng.integers(0, codebook, grid).astype(np.int16)
             caption = shapes.canonical_caption(scene)
-            meta = {"scene": scene.to_dict(), "paraphrases": [shapes.paraphrase(scene, rng) for _ in range(2)],
+            meta = {"scene": scene.to_dict(), "paraphrases": [shapes_language.describe(scene, rng, detail="full", noise=False).text for _ in range(2)],
                     **(meta_extra or {})}
             writer.write({"__key__": f"{index:06d}", "codes.npy": codes, "txt": caption, "json": meta})
             pairs.append((caption, codes))
@@ -508,19 +508,31 @@ def test_shipped_configs_parse(name, capsys):
     assert "train_shards" in capsys.readouterr().out
 
 
-def test_the_rewriting_stage_is_stage_one_plus_its_overrides(capsys):
+def test_a_second_config_overrides_only_what_it_names(capsys, tmp_path):
+    """A follow-up stage (e.g. fine-tuning an export) is the shipped config plus a short override."""
+    stage = tmp_path / "stage.yaml"
+    stage.write_text(textwrap.dedent("""
+        trainer:
+          max_time: "00:00:15:00"
+          callbacks:
+            - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+              init_args: {dirpath: runs/stage/checkpoints, save_last: true}
+        model:
+          pretrained: runs/shapes-tiny/export
+        data:
+          editing: 0.3
+    """))
     with pytest.raises(SystemExit) as exit_info:
-        unitok_main(["lm", "fit", "--config", "configs/lm/shapes-tiny.yaml",
-                     "--config", "configs/lm/shapes-tiny-rewrite.yaml", "--print_config"])
+        unitok_main(["lm", "fit", "--config", "configs/lm/shapes-tiny.yaml", "--config", str(stage), "--print_config"])
     assert exit_info.value.code == 0
     import yaml
 
     composed = yaml.safe_load(capsys.readouterr().out)
-    assert composed["model"]["pretrained"] == "runs/shapes-tiny/export"  # stage 2's own
-    assert composed["data"]["rewriting"] == 0.15 and composed["trainer"]["max_time"] == "00:00:15:00"
+    assert composed["model"]["pretrained"] == "runs/shapes-tiny/export"  # the stage's own
+    assert composed["data"]["editing"] == 0.3 and composed["trainer"]["max_time"] == "00:00:15:00"
     assert [c["init_args"].get("dirpath") for c in composed["trainer"]["callbacks"]] == [
-        "runs/shapes-tiny-rewrite/checkpoints", None]  # the list is replaced, not appended to
-    assert composed["data"]["text_to_image"] == 0.7 and composed["model"]["image_positions"]  # from stage 1
+        "runs/stage/checkpoints"]  # the list is replaced, not appended to
+    assert composed["data"]["answering"] == 0.13 and composed["model"]["image_positions"]  # from the base
 
 
 def test_codebook_and_grid_come_from_the_image_tokenizer(tmp_path):

@@ -13,7 +13,7 @@ import torch
 from transformers import DynamicCache
 
 from generation.sampler import generate_rewrites
-from unitok.data import shapes
+from unitok.data import shapes, shapes_language
 from unitok.data.shards import ShardWriter
 from unitok.lm.data import CodeShardDataModule
 from unitok.lm.model import ScratchConfig
@@ -31,7 +31,7 @@ def write_pairs(out_dir) -> tuple[list[str], list[list[str]], torch.Tensor]:
         for index in range(PAIRS):
             scene = shapes.random_scene(rng)
             captions.append(shapes.canonical_caption(scene))
-            paraphrases.append([shapes.paraphrase(scene, rng) for _ in range(2)])
+            paraphrases.append([shapes_language.describe(scene, rng, detail="full", noise=False).text for _ in range(2)])
             writer.write({"__key__": f"{index:04d}", "codes.npy": codes[index].astype(np.int16),
                           "txt": captions[-1], "json": {"scene": scene.to_dict(), "paraphrases": paraphrases[-1]}})
     return captions, paraphrases, torch.from_numpy(codes)

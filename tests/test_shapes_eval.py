@@ -1,76 +1,193 @@
-"""The Shapes evaluator scores exactly what the analyzer and the caption parser read back."""
+"""The Shapes evaluator scores exactly what the analyzer and the parsers read back, in every suite."""
 
+import itertools
 import json
 
+import pytest
 from PIL import Image
 
-from unitok.data import shapes
-from unitok.evaluation.shapes_eval import attribute_hits, evaluate_shapes, write_report
+from unitok.data import shapes, shapes_language, shapes_tasks
+from unitok.data.shapes import POSITIONS
+from unitok.data.shapes_language import ObjectSpec, Relation, SceneSpec, parse_prompt
+from unitok.evaluation.scores import adds_to, attribute_hits
+from unitok.evaluation.shapes_eval import ShapesModel, evaluate_shapes, write_report
 
 
-def perfect_generate(prompts, seed):
-    return [shapes.render(shapes.parse_caption(p), 64) for p in prompts]
+def satisfying_scene(spec: SceneSpec) -> shapes.Scene:
+    """A scene with every stated attribute and relation (the rest filled in), as a perfect drawer makes."""
+    free = [p for p in POSITIONS if p not in {o.position for o in spec.objects}]
+    open_ = [i for i, o in enumerate(spec.objects) if o.position is None]
+    for cells in itertools.permutations(free, len(open_)):
+        placed = dict(zip(open_, cells, strict=True))
+        objects = tuple(shapes.ShapeObject(o.position or placed[i], o.size or "small", o.color or "red",
+                                           o.shape or "circle") for i, o in enumerate(spec.objects))
+        if all(r.holds([obj.cell for obj in objects]) for r in spec.relations):
+            return shapes.Scene(spec.background or "white", objects)
+    raise AssertionError(f"no scene satisfies {spec}")
+
+
+@pytest.fixture(autouse=True)
+def said(monkeypatch):
+    """What each prompt the evaluation writes states (typos and all: no parser needed), and the
+    word an out-of-domain prompt asks for."""
+    specs, unknown = {}, {}
+    describe, describe_unknown = shapes_language.describe, shapes_language.describe_unknown
+
+    def recording_describe(*args, **kwargs):
+        prompt = describe(*args, **kwargs)
+        specs[prompt.text] = prompt.spec
+        return prompt
+
+    def recording_describe_unknown(*args, **kwargs):
+        prompt, word = describe_unknown(*args, **kwargs)
+        specs[prompt.text], unknown[prompt.text] = prompt.spec, word
+        return prompt, word
+
+    monkeypatch.setattr(shapes_language, "describe", recording_describe)
+    monkeypatch.setattr(shapes_language, "describe_unknown", recording_describe_unknown)
+    return specs, unknown
+
+
+def spec_of(said, prompt: str) -> SceneSpec:
+    return said[0].get(prompt) or parse_prompt(prompt)  # canonical captions parse exactly
+
+
+def perfect_generate(said):
+    return lambda prompts, seed: [shapes.render(satisfying_scene(spec_of(said, p)), 64) for p in prompts]
 
 
 def perfect_caption(images):
-    return [shapes.canonical_caption(shapes.analyze(image)) for image in images]
+    return [shapes.canonical_caption(scene) if (scene := shapes.analyze(image)) else "" for image in images]
 
 
-def test_a_perfect_model_scores_100_percent(tmp_path):
-    def perfect_rewrite(prompts):
-        return [shapes.canonical_caption(shapes.parse_caption(p)) for p in prompts]
+def perfect_rewrite(said):
+    return lambda prompts: [(shapes_language.normal_form(spec_of(said, p)), said[1].get(p, ""), True) for p in prompts]
 
-    evaluation = evaluate_shapes(perfect_generate, perfect_caption, num_scenes=40, batch_size=16, progress=False,
-                                 rewrite=perfect_rewrite)
+
+@pytest.fixture
+def recorded_tasks(monkeypatch):
+    """Answers and edits as the evaluation's own generators make them, so an oracle can look them up."""
+    answers, edits = {}, {}
+    ask, instruct = shapes_tasks.ask, shapes_tasks.instruct
+
+    def recording_ask(*args, **kwargs):
+        question = ask(*args, **kwargs)
+        answers[(question.text, args[0])] = question.answer
+        return question
+
+    def recording_instruct(*args, **kwargs):
+        edit = instruct(*args, **kwargs)
+        edits[(edit.instruction, edit.before)] = edit.after
+        return edit
+
+    monkeypatch.setattr(shapes_tasks, "ask", recording_ask)
+    monkeypatch.setattr(shapes_tasks, "instruct", recording_instruct)
+    return answers, edits
+
+
+def test_a_perfect_model_scores_100_percent_in_every_suite(tmp_path, recorded_tasks, said):
+    answers, edits = recorded_tasks
+    model = ShapesModel(
+        generate=perfect_generate(said), caption=perfect_caption, rewrite=perfect_rewrite(said),
+        answer=lambda images, questions: [answers[(q, shapes.analyze(image))]
+                                          for image, q in zip(images, questions, strict=True)],
+        edit=lambda images, instructions: [shapes.render(edits[(text, shapes.analyze(image))], 64)
+                                           for image, text in zip(images, instructions, strict=True)])
+    evaluation = evaluate_shapes(model, num_scenes=24, batch_size=10, progress=False)
     scores = evaluation.as_dict()
-    for task in ("text_to_image_canonical", "text_to_image_paraphrased", "captioning", "round_trip",
-                 "rewriting_paraphrased"):
-        assert scores[task]["n"] == 40
-        assert scores[task]["exact"] == 1.0
+    for key in ("text_to_image/canonical", "text_to_image/held_in_families", "text_to_image/held_out_families",
+                "text_to_image/under_specified", "text_to_image/counts", "text_to_image/relations", "round_trip",
+                "captioning/own_renderer__box_4x___png", "rewriting/same_meaning", "rewriting/accepted",
+                "rewriting/out_of_domain_flagged", "answering/held_out", "answering/held_in", "editing/held_out",
+                "editing/held_out_preserved", "editing/held_in"):
+        assert scores[key]["exact"] == 1.0, key
+        assert scores[key]["n"] >= 20, key
+    assert scores["rewriting/hallucination"]["exact"] == scores["rewriting/in_domain_flagged"]["exact"] == 0.0
+    assert set(scores["breakdown"]["Question answering by type (held-out wordings)"]) == set(shapes_tasks.QUESTION_KINDS)
+    assert scores["text_to_image/held_out_families"]["held"] == "held out"
     paths = write_report(evaluation, tmp_path)
-    assert json.loads(paths["json"].read_text())["captioning"]["exact"] == 1.0
-    assert "| captioning" in paths["markdown"].read_text() and "| rewriting" in paths["markdown"].read_text()
-    assert "rewriting_paraphrased" not in evaluate_shapes(perfect_generate, perfect_caption, num_scenes=2,
-                                                          progress=False).as_dict()
-    assert Image.open(paths["grid"]).size[0] > 0
+    assert json.loads(paths["json"].read_text())["answering/held_out"]["exact"] == 1.0
+    report = paths["markdown"].read_text()
+    assert "| question answering |" in report and "| editing |" in report and "held out" in report
+    assert Image.open(paths["grid"]).size[0] > 0 and Image.open(paths["edits"]).size[0] > 0
 
 
-def test_wrong_colors_are_counted_per_attribute():
+def test_suites_run_only_where_the_model_has_the_call():
+    evaluation = evaluate_shapes(ShapesModel(caption=perfect_caption), num_scenes=3, progress=False)
+    assert evaluation.settings["suites"] == ["captioning"]
+    assert all(row.task == "captioning" for row in evaluation.rows)
+    assert len(evaluation.rows) == 14  # one per rendering variant
+    with pytest.raises(ValueError, match="unknown suites"):
+        evaluate_shapes(ShapesModel(), suites=("drawing", "dancing"), progress=False)
+
+
+def test_wrong_colors_are_counted_per_attribute(said):
     def recolor(prompts, seed):
         images = []
         for p in prompts:
-            scene = shapes.parse_caption(p)
+            scene = satisfying_scene(spec_of(said, p))
             wrong = [shapes.ShapeObject(o.position, o.size, "red" if o.color != "red" else "blue", o.shape)
                      for o in scene.objects]
             images.append(shapes.render(shapes.Scene(scene.background, tuple(wrong)), 64))
         return images
 
-    scores = evaluate_shapes(recolor, lambda images: ["nonsense"] * len(images), num_scenes=20, progress=False).as_dict()
-    t2i = scores["text_to_image_canonical"]
+    scores = evaluate_shapes(ShapesModel(generate=recolor, caption=lambda images: ["nonsense"] * len(images)),
+                             num_scenes=20, progress=False, suites=("drawing",)).as_dict()
+    t2i = scores["text_to_image/canonical"]
     assert t2i["exact"] == 0.0 and t2i["color"] == 0.0
     assert t2i["shape"] == t2i["size"] == t2i["position"] == t2i["background"] == 1.0
-    assert scores["captioning"]["exact"] == 0.0 and scores["captioning"]["unreadable"] == 1.0
+    assert scores["text_to_image/counts"]["exact"] == 1.0  # the right number of objects, wrongly coloured
+    assert scores["round_trip"]["exact"] == 0.0 and scores["round_trip"]["unreadable"] == 1.0
 
 
-def test_unreadable_images_count_as_wrong_but_not_against_each_attribute():
+def test_unreadable_images_count_as_wrong_but_not_against_each_attribute(said):
     def every_other_blank(prompts, seed):
-        return [shapes.render(shapes.parse_caption(p), 64) if i % 2 == 0 else Image.new("RGB", (64, 64), "white")
-                for i, p in enumerate(prompts)]
+        return [shapes.render(satisfying_scene(spec_of(said, p)), 64) if i % 2 == 0
+                else Image.new("RGB", (64, 64), "white") for i, p in enumerate(prompts)]
 
-    def caption(images):
-        return [shapes.canonical_caption(scene) if (scene := shapes.analyze(image)) else "" for image in images]
-
-    t2i = evaluate_shapes(every_other_blank, caption, num_scenes=20, progress=False).as_dict()[
-        "text_to_image_canonical"]
+    scores = evaluate_shapes(ShapesModel(generate=every_other_blank, caption=perfect_caption), num_scenes=20,
+                             progress=False, suites=("drawing",)).as_dict()
+    t2i = scores["text_to_image/canonical"]
     assert t2i["exact"] == 0.5 and t2i["unreadable"] == 0.5
     assert all(t2i[attribute] == 1.0 for attribute in ("background", "count", "position", "color", "shape", "size"))
 
 
+def test_a_wrong_answer_and_an_edit_that_touches_the_rest_are_caught(recorded_tasks):
+    _, edits = recorded_tasks
+
+    def edit_and_blacken(images, instructions):  # the right edit, but the background always black
+        results = []
+        for image, text in zip(images, instructions, strict=True):
+            after = edits[(text, shapes.analyze(image))]
+            results.append(shapes.render(shapes.Scene("black", after.objects), 64))
+        return results
+
+    scores = evaluate_shapes(ShapesModel(answer=lambda images, questions: ["seven"] * len(images),
+                                         edit=edit_and_blacken), num_scenes=14, progress=False).as_dict()
+    assert scores["answering/held_out"]["exact"] == 0.0
+    preserved = scores["editing/held_out_preserved"]["exact"]
+    assert 0.0 < preserved < 1.0  # background edits to black keep the rest; the others change it
+
+
 def test_attribute_hits_compare_objects_cell_by_cell():
-    truth = shapes.parse_caption("a large red circle at the top and a small blue plus at the center on a white background")
-    moved = shapes.parse_caption("a large red circle at the top and a small blue plus at the left on a white background")
+    truth = shapes_language.parse_caption("a large red circle at the top and a small blue plus at the center on a white background")
+    moved = shapes_language.parse_caption("a large red circle at the top and a small blue plus at the left on a white background")
     hits = attribute_hits(truth, moved)
     assert hits["count"] == 1.0 and hits["position"] == 0.0 and hits["color"] == 0.5
+
+
+def test_a_rewrite_hallucinates_when_it_states_more_or_otherwise():
+    prompt = SceneSpec((ObjectSpec(color="red", shape="circle"), ObjectSpec(shape="square")),
+                       relations=(Relation("above", (0, 1)),))
+    same = SceneSpec((ObjectSpec(shape="square"), ObjectSpec(color="red", shape="circle")),
+                     relations=(Relation("below", (0, 1)),))
+    fewer = SceneSpec((ObjectSpec(shape="circle"), ObjectSpec(shape="square")))
+    assert not adds_to(same, prompt) and not adds_to(fewer, prompt) and not adds_to(None, prompt)
+    assert adds_to(SceneSpec(same.objects, "black", same.relations), prompt)  # a background it never asked for
+    assert adds_to(SceneSpec((ObjectSpec(color="blue", shape="circle"), ObjectSpec(shape="square"))), prompt)
+    assert adds_to(SceneSpec((ObjectSpec(size="large", shape="circle"), ObjectSpec(shape="square"))), prompt)
+    assert adds_to(SceneSpec(fewer.objects, relations=(Relation("left of", (0, 1)),)), prompt)
+    assert adds_to(SceneSpec(fewer.objects[:1]), prompt)  # an object dropped changes the count
 
 
 def test_eval_command_reports_with_the_models_own_sampling_defaults(tmp_path):
@@ -78,21 +195,20 @@ def test_eval_command_reports_with_the_models_own_sampling_defaults(tmp_path):
     from unitok.cli import main
     from unitok.lm.model import ScratchConfig
 
-    lm = ScratchConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=2, intermediate_size=64, max_positions=160)
+    lm = ScratchConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=2, intermediate_size=64,
+                       max_positions=192)
     image_tokenizer = dict(image_size=64, block_out_channels=(8, 8, 8, 8), norm_num_groups=4, latent_channels=8,
                            quantizer="fsq", fsq_levels=(4, 4, 3))
     pipe = random_pipeline(lm, image_tokenizer, text_vocab_size=290)
     pipe.register_to_config(default_temperature=0.0, default_guidance_scale=2.0)
     pipe.save_pretrained(tmp_path / "pipe")
-    assert main(["eval", "shapes", "--model", str(tmp_path / "pipe"), "--num", "4", "--out", str(tmp_path / "eval")]) == 0
+    assert main(["eval", "shapes", "--model", str(tmp_path / "pipe"), "--num", "2", "--out", str(tmp_path / "eval")]) == 0
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert (report["settings"]["temperature"], report["settings"]["guidance"]) == (0.0, 2.0)
-    assert report["text_to_image_canonical"]["n"] == report["captioning"]["n"] == 4
-    assert report["settings"]["rewrite_prompts"] is False and "rewriting_paraphrased" not in report
-    assert main(["eval", "shapes", "--model", str(tmp_path / "pipe"), "--num", "2", "--rewrite-prompts",
-                 "--out", str(tmp_path / "eval-rewrite")]) == 0
-    report = json.loads((tmp_path / "eval-rewrite" / "report.json").read_text())
-    assert report["settings"]["rewrite_prompts"] is True and report["rewriting_paraphrased"]["n"] == 2
+    assert report["settings"]["suites"] == ["drawing", "captioning", "rewriting", "answering", "editing"]
+    assert report["text_to_image/canonical"]["n"] == report["editing/held_out"]["n"] == 2
     assert main(["eval", "shapes", "--model", str(tmp_path / "pipe"), "--num", "2", "--temperature", "1.5",
-                 "--out", str(tmp_path / "eval2")]) == 0
-    assert json.loads((tmp_path / "eval2" / "report.json").read_text())["settings"]["temperature"] == 1.5
+                 "--suites", "answering", "--out", str(tmp_path / "eval2")]) == 0
+    report = json.loads((tmp_path / "eval2" / "report.json").read_text())
+    assert report["settings"]["temperature"] == 1.5 and report["settings"]["suites"] == ["answering"]
+    assert main(["eval", "shapes", "--model", str(tmp_path / "pipe"), "--suites", "drawing,dancing"]) == 2

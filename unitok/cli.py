@@ -30,6 +30,8 @@ COMMANDS: dict[str, Command] = {name: Command(f"unitok.commands.{name}", summary
     ("lm", "train or export the unified language model (LightningCLI)"),
     ("generate", "text-to-image: draw images for prompts"),
     ("caption", "image captioning: describe images"),
+    ("ask", "visual question answering: answer a question about an image"),
+    ("edit", "image editing: change an image as an instruction says"),
     ("serve", "serve captioning and text-to-image over HTTP"),
     ("eval", "evaluate a model (Shapes scene accuracy)"),
 )}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from unitok.commands._files import read_image
 from unitok.commands._options import (
     add_runtime_arguments,
     check_runtime_arguments,
@@ -46,12 +47,3 @@ def run(args: argparse.Namespace) -> int:
             bar.update(len(paths))
     return 0
 
-
-def read_image(path: str):
-    """The image at ``path`` as every stage reads it, or a one-line error naming the file."""
-    from unitok.data.images import USER_FORMATS, ImageError, load_image
-
-    try:
-        return load_image(path, formats=USER_FORMATS).image
-    except (OSError, ImageError) as error:
-        raise UserError(f"cannot read image {path}: {error}") from None

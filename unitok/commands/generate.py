@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from unitok.atomic import atomic_file
+from unitok.commands._files import save_image
 from unitok.commands._options import (
     add_runtime_arguments,
     add_sampling_arguments,
@@ -71,9 +71,11 @@ def run(args: argparse.Namespace) -> int:
                               batch_size=args.batch_size, **sampling)
             images = output.images
             for i, job in enumerate(chunk):
+                where = f"line {job.line + 1}: " if args.prompts_file else ""
                 if output.drawn_prompts[i] != job.prompt:
-                    where = f"line {job.line + 1}: " if args.prompts_file else ""
                     print(f"{where}drawn as {output.drawn_prompts[i]!r}", file=sys.stderr, flush=True)
+                for warning in output.warnings[i] if output.warnings else ():
+                    print(f"{where}warning: {warning}", file=sys.stderr, flush=True)
                 for path in _write(images[i * n:(i + 1) * n], job, out, args.grid):
                     print(path, flush=True)
             bar.update(len(chunk))
@@ -138,13 +140,6 @@ def _write(images: list, job: Job, out: Target, grid: bool) -> list[Path]:
         paths = ([out.path / f"{name}.png"] if len(images) == 1
                  else [out.path / f"{name}_{k}.png" for k in range(len(images))])
     for image, path in zip(images, paths, strict=True):
-        _save_atomically(image, path, out.image_format)
+        save_image(image, path, out.image_format)
     return paths
 
-
-def _save_atomically(image, path: Path, image_format: str) -> None:
-    try:
-        with atomic_file(path) as tmp:
-            image.save(tmp, format=image_format)
-    except OSError as error:
-        raise UserError(f"cannot write {path}: {error}") from None

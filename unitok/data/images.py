@@ -95,7 +95,16 @@ def load_image(
         return _decode(stream, formats, max_pixels, min_side)
 
 
-def _decode(stream, formats: tuple[str, ...], max_pixels: int, min_side: int | None) -> LoadedImage:
+def check_image_header(path: str | os.PathLike, *, formats: tuple[str, ...] = DEFAULT_FORMATS,
+                       max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Refuse what ``load_image`` would refuse from the header alone (no pixel decoded): a cheap
+    check of many files before long work. Raises ``ImageError``."""
+    if os.stat(path).st_size == 0:
+        raise ImageError(ImageError.EMPTY)
+    _open_header(path, formats, max_pixels).close()
+
+
+def _open_header(stream, formats: tuple[str, ...], max_pixels: int) -> Image.Image:
     try:
         image = Image.open(stream, formats=formats)
     except Image.DecompressionBombError as error:
@@ -104,11 +113,18 @@ def _decode(stream, formats: tuple[str, ...], max_pixels: int, min_side: int | N
         raise ImageError(ImageError.NOT_IMAGE, f"expected {', '.join(formats)}") from None
     except (OSError, SyntaxError, ValueError) as error:  # header present but malformed
         raise ImageError(ImageError.CORRUPT, f"unreadable header: {error}") from None
+    # Image.open read only the header: the size is known, no pixel has been decoded yet.
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise ImageError(ImageError.TOO_LARGE, f"{width}x{height}, the limit is {max_pixels}", (width, height))
+    return image
+
+
+def _decode(stream, formats: tuple[str, ...], max_pixels: int, min_side: int | None) -> LoadedImage:
+    image = _open_header(stream, formats, max_pixels)
     with image:
-        # Image.open read only the header: the size is known, no pixel has been decoded yet.
         width, height = image.size
-        if width * height > max_pixels:
-            raise ImageError(ImageError.TOO_LARGE, f"{width}x{height}, the limit is {max_pixels}", (width, height))
         orientation = _orientation(image)
         if orientation in (5, 6, 7, 8):  # turned by 90°: the upright image is transposed
             width, height = height, width

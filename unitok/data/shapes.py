@@ -1,14 +1,13 @@
-"""The Shapes domain: the one place for its palette, geometry and caption templates.
+"""The Shapes domain: the one place for its palette, geometry and canonical caption.
 
 Specified exactly so that any program can render a scene from a caption and read a scene back
-from pixels: ``random_scene`` -> ``render`` / ``canonical_caption`` / ``paraphrase``, and back
-with ``analyze`` (pixels) and ``parse_caption`` (text).
+from pixels: ``random_scene`` -> ``render`` / ``canonical_caption``, and back with ``analyze``
+(pixels). Every other wording, and reading text back, is ``shapes_language``.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -299,126 +298,3 @@ def canonical_caption(scene: Scene) -> str:
     """The one caption that captioning produces: objects in reading order, then the background."""
     parts = [f"a {o.size} {o.color} {o.shape} at the {o.position}" for o in scene.objects]
     return f"{_join(parts)} on a {scene.background} background"
-
-
-_SIZE_WORDS = {"small": ("small", "tiny", "little"), "large": ("large", "big", "huge")}
-_POSITION_PHRASES = {
-    "top left": ("in the top left corner", "in the upper left corner", "at the upper left"),
-    "top": ("at the top", "at the top middle", "at the top center"),
-    "top right": ("in the top right corner", "in the upper right corner", "at the upper right"),
-    "left": ("on the left", "at the middle left", "on the left side"),
-    "center": ("in the center", "in the middle", "at the centre"),
-    "right": ("on the right", "at the middle right", "on the right side"),
-    "bottom left": ("in the bottom left corner", "in the lower left corner", "at the lower left"),
-    "bottom": ("at the bottom", "at the bottom middle", "at the bottom center"),
-    "bottom right": ("in the bottom right corner", "in the lower right corner", "at the lower right"),
-}
-_COUNT_WORDS = {1: "one", 2: "two", 3: "three"}
-
-
-def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
-    return options[int(rng.integers(len(options)))]
-
-
-def _size_word(obj: ShapeObject, rng: np.random.Generator) -> str:
-    return _pick(rng, _SIZE_WORDS[obj.size])
-
-
-def _described_object(obj: ShapeObject, rng: np.random.Generator) -> str:
-    return f"a {_size_word(obj, rng)} {obj.color} {obj.shape} {_pick(rng, _POSITION_PHRASES[obj.position])}"
-
-
-def _background_first(scene: Scene, rng: np.random.Generator) -> str:
-    parts = [_described_object(o, rng) for o in scene.objects]
-    return f"a {scene.background} background with {_join(parts)}"
-
-
-def _position_first(scene: Scene, rng: np.random.Generator) -> str:
-    parts = [f"{_pick(rng, _POSITION_PHRASES[o.position])} a {_size_word(o, rng)} {o.color} {o.shape}" for o in scene.objects]
-    return f"on a {scene.background} background: {'; '.join(parts)}"
-
-
-def _counted(scene: Scene, rng: np.random.Generator) -> str:
-    n = len(scene.objects)
-    noun = "shape" if n == 1 else "shapes"
-    parts = [_described_object(o, rng) for o in scene.objects]
-    return f"{_COUNT_WORDS[n]} {noun} on a {scene.background} background: {_join(parts)}"
-
-
-def _color_after(scene: Scene, rng: np.random.Generator) -> str:
-    parts = [f"a {_size_word(o, rng)} {o.shape} in {o.color} at the {o.position}" for o in scene.objects]
-    return f"{_join(parts)}, background {scene.background}"
-
-
-def _terse(scene: Scene, rng: np.random.Generator) -> str:
-    parts = [f"{_size_word(o, rng)} {o.color} {o.shape} {o.position}" for o in scene.objects]
-    return f"{', '.join(parts)}; {scene.background} background"
-
-
-def _there_is(scene: Scene, rng: np.random.Generator) -> str:
-    parts = [_described_object(o, rng) for o in scene.objects]
-    return f"an image of {_join(parts)}, the background is {scene.background}"
-
-
-PARAPHRASE_TEMPLATES: tuple[Callable[[Scene, np.random.Generator], str], ...] = (
-    _background_first,
-    _position_first,
-    _counted,
-    _color_after,
-    _terse,
-    _there_is,
-)
-
-
-def paraphrase(scene: Scene, rng: np.random.Generator) -> str:
-    """A non-canonical phrasing of the scene, drawn from PARAPHRASE_TEMPLATES and synonyms."""
-    return _pick(rng, PARAPHRASE_TEMPLATES)(scene, rng)
-
-
-# Words the parser maps to attribute values; longest phrases are matched first.
-_POSITION_WORDS: dict[str, str] = {
-    "upper left": "top left", "top-left": "top left", "lower left": "bottom left", "bottom-left": "bottom left",
-    "upper right": "top right", "top-right": "top right", "lower right": "bottom right",
-    "bottom-right": "bottom right", "middle left": "left", "middle right": "right",
-    "top middle": "top", "top center": "top", "top centre": "top", "bottom middle": "bottom",
-    "bottom center": "bottom", "bottom centre": "bottom", "upper": "top", "lower": "bottom",
-    "middle": "center", "centre": "center",
-    **{p: p for p in POSITIONS},
-}  # fmt: skip
-_SIZE_LOOKUP = {word: size for size, words in _SIZE_WORDS.items() for word in words}
-_WORD = r"(?<![a-z])({})(?![a-z])"
-_POSITION_RE = re.compile(_WORD.format("|".join(sorted(map(re.escape, _POSITION_WORDS), key=len, reverse=True))))
-_BACKGROUND_RE = re.compile(
-    r"(?:on )?(?:an? |the )?(white|black|gray|grey) background"
-    r"|(?:the )?background(?: is|:)? (white|black|gray|grey)"
-)
-_SEPARATOR_RE = re.compile(r"\s*(?:,|;|:| and )\s*")
-
-
-def parse_caption(text: str) -> Scene | None:
-    """Parse the canonical caption or any PARAPHRASE_TEMPLATES phrasing; None if it is not one.
-
-    A keyword parser, not a grammar: each object phrase must name exactly one size, color, shape
-    and position, so word order and the synonyms above are free.
-    """
-    lowered = " ".join(text.lower().replace("grey", "gray").split())
-    backgrounds = [m.group(1) or m.group(2) for m in _BACKGROUND_RE.finditer(lowered)]
-    if len(backgrounds) != 1:
-        return None
-    remainder = _BACKGROUND_RE.sub(" , ", lowered)
-    objects = []
-    for phrase in _SEPARATOR_RE.split(remainder):
-        words = set(re.findall(r"[a-z]+", phrase))
-        shapes = [s for s in SHAPES if s in words]
-        if not shapes:
-            continue  # "two shapes", "an image of" ... carry no object
-        colors = [c for c in COLORS if c in words]
-        sizes = {_SIZE_LOOKUP[w] for w in words if w in _SIZE_LOOKUP}
-        positions = {_POSITION_WORDS[m.group(1)] for m in _POSITION_RE.finditer(phrase)}
-        if len(shapes) != 1 or len(colors) != 1 or len(sizes) != 1 or len(positions) != 1:
-            return None
-        objects.append(ShapeObject(position=positions.pop(), size=sizes.pop(), color=colors[0], shape=shapes[0]))
-    try:
-        return Scene(background=backgrounds[0], objects=tuple(objects))
-    except ValueError:
-        return None

@@ -1,9 +1,21 @@
-"""Shapes scene accuracy of a UniTok model: text-to-image, captioning and the round trip (and,
-for a model that rewrites prompts, how often it restates a paraphrase as the right scene).
+"""Shapes accuracy of a UniTok model, every figure on held-out scenes and, side by side, on
+phrasings and renderings it was trained on (held in) and ones it never saw (held out).
 
-Everything is judged by reading scenes back, never by eye: generated images through
-``shapes.analyze`` and generated captions through ``shapes.parse_caption``. Held-out scenes come
-from the val split, which no training shard contains (``shapes_shards.scene_split``).
+Suites (each needs only the model calls it uses):
+- ``drawing``: text-to-image from canonical captions, from the training phrasing families and the
+  held-out ones (full scenes: exact scene), from under-specified prompts (every stated attribute
+  satisfied; and separately the stated number of objects), from prompts with relations; plus the
+  round trip caption → image → caption.
+- ``captioning``: exact scene from the caption of every rendering variant (``EVAL_VARIANTS``).
+- ``rewriting``: what the model restates a held-out-family prompt as (same meaning; saying more
+  than the prompt: hallucination), and how often it flags what it cannot draw (out-of-domain
+  prompts with held-out words) against how often it flags in-domain prompts.
+- ``answering``: exact answers per question type, held-out and training question phrasings.
+- ``editing``: exact target scene, and separately whether the untouched part stayed as it was.
+
+Everything is judged by reading back, never by eye: images through ``shapes.analyze``, captions
+through ``shapes_language.parse_caption``, rewrites through ``shapes_language.parse_prompt``. Held-out scenes
+come from the val split, which no training shard contains (``shapes_shards.scene_split``).
 """
 
 from __future__ import annotations
@@ -19,119 +31,94 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from unitok.atomic import atomic_file
-from unitok.data import shapes
+from unitok.data import shapes, shapes_language, shapes_tasks
+from unitok.data.images import load_image
+from unitok.data.shapes_language import HELD_OUT_FAMILIES, TRAIN_FAMILIES
+from unitok.data.shapes_renderings import EVAL_VARIANTS, HELD_OUT
 from unitok.data.shapes_shards import scenes_for_split
+from unitok.evaluation.scores import ATTRIBUTES, Rate, SceneScore, adds_to
 
-ATTRIBUTES = ("background", "count", "position", "color", "shape", "size")
+SUITES = ("drawing", "captioning", "rewriting", "answering", "editing")
 GenerateFn = Callable[[list[str], int], list[Image.Image]]  # (prompts, seed) -> one image each
 CaptionFn = Callable[[list[Image.Image]], list[str]]
-RewriteFn = Callable[[list[str]], list[str]]  # prompts -> the model's restatement of each
+RewriteFn = Callable[[list[str]], list[tuple[str, str, bool]]]  # prompts -> (drawn text, unknown words, accepted)
+AnswerFn = Callable[[list[Image.Image], list[str]], list[str]]
+EditFn = Callable[[list[Image.Image], list[str]], list[Image.Image]]
 
 
 @dataclass
-class SceneScore:
-    """Exact-scene accuracy over a list of (truth, prediction), plus per-attribute accuracies.
+class ShapesModel:
+    """The calls the evaluation makes; a suite whose call is None is not run."""
 
-    A prediction that is no valid scene (an image the analyzer cannot read, e.g. four blobs; a
-    caption that does not parse) counts as wrong for the exact score and as ``unreadable``; the
-    per-attribute accuracies are over the readable predictions only, so they say which attribute
-    goes wrong rather than repeating the unreadable share in every column.
-    """
+    generate: GenerateFn | None = None
+    caption: CaptionFn | None = None
+    rewrite: RewriteFn | None = None
+    answer: AnswerFn | None = None
+    edit: EditFn | None = None
 
-    total: int = 0
-    exact: int = 0
-    unreadable: int = 0
-    attribute_hits: dict[str, float] = field(default_factory=lambda: dict.fromkeys(ATTRIBUTES, 0.0))
-
-    def add(self, truth: shapes.Scene, predicted: shapes.Scene | None) -> bool:
-        self.total += 1
-        if predicted is None:
-            self.unreadable += 1
-            return False
-        for name, value in attribute_hits(truth, predicted).items():
-            self.attribute_hits[name] += value
-        correct = predicted == truth
-        self.exact += correct
-        return correct
-
-    def as_dict(self) -> dict:
-        readable = max(self.total - self.unreadable, 1)
-        return {
-            "n": self.total,
-            "exact": self.exact / max(self.total, 1),
-            "unreadable": self.unreadable / max(self.total, 1),
-            **{name: value / readable for name, value in self.attribute_hits.items()},
-        }
+    def runs(self, suite: str) -> bool:
+        needs = {"drawing": (self.generate, self.caption), "captioning": (self.caption,), "rewriting": (self.rewrite,),
+                 "answering": (self.answer,), "editing": (self.edit,)}[suite]
+        return all(call is not None for call in needs)
 
 
-def attribute_hits(truth: shapes.Scene, predicted: shapes.Scene) -> dict[str, float]:
-    """Per-attribute agreement in [0, 1]; object attributes are compared cell by cell."""
-    by_position = {o.position: o for o in predicted.objects}
-    matched = [(o, by_position.get(o.position)) for o in truth.objects]
+@dataclass
+class Row:
+    key: str  # stable id in report.json, e.g. "text_to_image/held_out_families"
+    task: str
+    what: str  # the prompts, renderings or questions, in words
+    held: str  # "held in", "held out" or "" (where phrasing does not apply)
+    score: SceneScore | Rate
 
-    def share(attribute: str) -> float:
-        return sum(p is not None and getattr(p, attribute) == getattr(t, attribute) for t, p in matched) / len(matched)
 
-    return {
-        "background": float(truth.background == predicted.background),
-        "count": float(len(truth.objects) == len(predicted.objects)),
-        "position": float({o.position for o in truth.objects} == set(by_position)),
-        "color": share("color"),
-        "shape": share("shape"),
-        "size": share("size"),
-    }
+@dataclass
+class Example:
+    before: Image.Image | None  # the image edited (None for text-to-image)
+    text: str
+    after: Image.Image
+    ok: bool
 
 
 @dataclass
 class ShapesEvaluation:
-    text_to_image_canonical: SceneScore
-    text_to_image_paraphrased: SceneScore
-    captioning: SceneScore
-    round_trip: SceneScore
-    examples: list[tuple[str, Image.Image, bool]]
+    rows: list[Row]
+    breakdown: dict[str, dict[str, dict]]  # e.g. {"answering by kind": {"count": {...}}}
+    drawings: list[Example]
+    edits: list[Example]
     settings: dict
-    rewriting: SceneScore | None = None  # the paraphrases' rewrites, parsed (models that rewrite)
+
+    def row(self, key: str) -> Row:
+        return next(r for r in self.rows if r.key == key)
 
     def as_dict(self) -> dict:
-        scores = {
-            "settings": self.settings,
-            "text_to_image_canonical": self.text_to_image_canonical.as_dict(),
-            "text_to_image_paraphrased": self.text_to_image_paraphrased.as_dict(),
-            "captioning": self.captioning.as_dict(),
-            "round_trip": self.round_trip.as_dict(),
-        }
-        if self.rewriting is not None:
-            scores["rewriting_paraphrased"] = self.rewriting.as_dict()
-        return scores
+        return {"settings": self.settings, **{row.key: {"task": row.task, "what": row.what, "held": row.held,
+                                                         **row.score.as_dict()} for row in self.rows},
+                "breakdown": self.breakdown}
 
     def markdown(self) -> str:
-        rows = [
-            ("text-to-image, canonical captions", self.text_to_image_canonical),
-            ("text-to-image, paraphrased captions", self.text_to_image_paraphrased),
-            ("captioning (exact scene from the caption)", self.captioning),
-            ("round trip caption → image → caption", self.round_trip),
-        ]
-        if self.rewriting is not None:
-            rows.append(("rewriting, paraphrased captions (parsed)", self.rewriting))
-        header = "| task | n | exact scene | unreadable | " + " | ".join(ATTRIBUTES) + " |"
         lines = ["# Shapes evaluation", "", f"Settings: `{json.dumps(self.settings)}`", "",
-                 "Attribute columns: accuracy over the readable predictions.", "", header,
-                 "|" + "---|" * (4 + len(ATTRIBUTES))]
-        for name, score in rows:
-            d = score.as_dict()
-            lines.append(f"| {name} | {d['n']} | {100 * d['exact']:.1f}% | {100 * d['unreadable']:.1f}% | "
-                         + " | ".join(f"{100 * d[a]:.1f}%" for a in ATTRIBUTES) + " |")
+                 "Held-out scenes throughout; *held out* marks phrasings, renderings or question wordings no "
+                 "training sample uses.", "",
+                 "| task | prompts / images | phrasing or rendering | n | right | unreadable |", "|---|---|---|---|---|---|"]
+        for row in self.rows:
+            d = row.score.as_dict()
+            lines.append(f"| {row.task} | {row.what} | {row.held} | {d['n']} | {100 * d['exact']:.1f}% | "
+                         f"{100 * d['unreadable']:.1f}% |")
+        scene_rows = [row for row in self.rows if isinstance(row.score, SceneScore)]
+        if scene_rows:
+            lines += ["", "Per attribute (exact-scene rows; over the readable predictions):", "",
+                      "| task | prompts / images | " + " | ".join(ATTRIBUTES) + " |", "|---|---|" + "---|" * len(ATTRIBUTES)]
+            for row in scene_rows:
+                d = row.score.as_dict()
+                lines.append(f"| {row.task} | {row.what} | " + " | ".join(f"{100 * d[a]:.1f}%" for a in ATTRIBUTES) + " |")
+        for title, parts in self.breakdown.items():
+            lines += ["", f"{title}:", "", "| | n | right |", "|---|---|---|"]
+            lines += [f"| {name} | {d['n']} | {100 * d['exact']:.1f}% |" for name, d in parts.items()]
         return "\n".join(lines) + "\n"
 
 
-def _batches(items: Sequence, size: int):
-    for start in range(0, len(items), size):
-        yield start, items[start : start + size]
-
-
 def evaluate_shapes(
-    generate: GenerateFn,
-    caption: CaptionFn,
+    model: ShapesModel,
     *,
     num_scenes: int = 300,
     image_size: int = 64,
@@ -139,56 +126,254 @@ def evaluate_shapes(
     batch_size: int = 32,
     settings: dict | None = None,
     progress: bool = True,
-    rewrite: RewriteFn | None = None,
+    suites: Sequence[str] = SUITES,
 ) -> ShapesEvaluation:
-    """Run the three Shapes evaluations with the given generate/caption functions (and score
-    ``rewrite`` on the paraphrases, when given)."""
-    scenes = scenes_for_split("val", num_scenes, seed)
-    rng = np.random.default_rng(seed)
-    paraphrases = [shapes.paraphrase(s, rng) for s in scenes]
-    canonical = [shapes.canonical_caption(s) for s in scenes]
-    t2i_canonical, t2i_paraphrased, captioning, round_trip = SceneScore(), SceneScore(), SceneScore(), SceneScore()
-    rewriting = SceneScore() if rewrite is not None else None
-    examples: list[tuple[str, Image.Image, bool]] = []
-    bar = tqdm(total=4 * num_scenes, desc="shapes eval", unit="scene", disable=not progress)
-    for start, batch in _batches(list(range(num_scenes)), batch_size):
-        truths = [scenes[i] for i in batch]
-        images = generate([canonical[i] for i in batch], seed + start)
-        for truth, image, i in zip(truths, images, batch, strict=True):
-            ok = t2i_canonical.add(truth, shapes.analyze(image))
-            if len(examples) < 32:
-                examples.append((canonical[i], image, ok))
-        # Round trip: the generated image is captioned and the caption parsed back.
-        for truth, text in zip(truths, caption(images), strict=True):
-            round_trip.add(truth, shapes.parse_caption(text))
-        para_images = generate([paraphrases[i] for i in batch], seed + 100_000 + start)
-        for truth, image in zip(truths, para_images, strict=True):
-            t2i_paraphrased.add(truth, shapes.analyze(image))
-        rendered = [shapes.render(t, image_size) for t in truths]
-        for truth, text in zip(truths, caption(rendered), strict=True):
-            captioning.add(truth, shapes.parse_caption(text))
-        if rewriting is not None:
-            for truth, text in zip(truths, rewrite([paraphrases[i] for i in batch]), strict=True):
-                rewriting.add(truth, shapes.parse_caption(text))
-        bar.update(4 * len(batch))
-    bar.close()
-    return ShapesEvaluation(t2i_canonical, t2i_paraphrased, captioning, round_trip, examples,
-                            settings={"num_scenes": num_scenes, "seed": seed, **(settings or {})}, rewriting=rewriting)
+    """Run the chosen ``suites`` that ``model`` has the calls for, ``num_scenes`` held-out scenes each."""
+    unknown = set(suites) - set(SUITES)
+    if unknown:
+        raise ValueError(f"unknown suites {sorted(unknown)}; choose from {SUITES}")
+    run = _Run(model, num_scenes, image_size, seed, batch_size, progress)
+    for suite in SUITES:
+        if suite in suites and model.runs(suite):
+            getattr(run, suite)()
+    run.bar.close()
+    return ShapesEvaluation(run.rows, run.breakdown, run.drawings, run.edits,
+                            settings={"num_scenes": num_scenes, "seed": seed, "suites": [s for s in SUITES if s in suites
+                                                                                          and model.runs(s)],
+                                      **(settings or {})})
 
 
-def example_grid(examples: list[tuple[str, Image.Image, bool]], columns: int = 4, tile: int = 128) -> Image.Image:
-    """Prompts beside their generated images; a green or red frame says whether it read back right."""
+def _batches(items: Sequence, size: int):
+    for start in range(0, len(items), size):
+        yield start, items[start : start + size]
+
+
+def normal_answer(text: str) -> str:
+    return text.strip().strip(".!").strip().lower()
+
+
+@dataclass
+class _Run:
+    model: ShapesModel
+    num: int
+    image_size: int
+    seed: int
+    batch_size: int
+    progress: bool
+    rows: list[Row] = field(default_factory=list)
+    breakdown: dict[str, dict[str, dict]] = field(default_factory=dict)
+    drawings: list[Example] = field(default_factory=list)
+    edits: list[Example] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.scenes = scenes_for_split("val", self.num, self.seed)
+        # Relations need two objects: the first ``num`` such val scenes.
+        pool = scenes_for_split("val", 4 * self.num, self.seed + 1)
+        self.multi = [s for s in pool if len(s.objects) >= 2][: self.num]
+        self.bar = tqdm(desc="shapes eval", unit="item", disable=not self.progress)
+
+    def _rng(self, stream: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, stream])
+
+    def _prompts(self, stream: int, families: Sequence[str], detail: str,
+                 scenes: Sequence[shapes.Scene] | None = None) -> list[shapes_language.Prompt]:
+        rng = self._rng(stream)
+        return [shapes_language.describe(scene, rng, family=families[i % len(families)], detail=detail)
+                for i, scene in enumerate(scenes or self.scenes)]
+
+    def _draw(self, prompts: list[str], stream: int) -> list[Image.Image]:
+        images = []
+        for start, batch in _batches(prompts, self.batch_size):
+            images += self.model.generate(list(batch), self.seed + stream * 1_000_000 + start)
+            self.bar.update(len(batch))
+        return images
+
+    def _caption(self, images: list[Image.Image]) -> list[str]:
+        captions = []
+        for _, batch in _batches(images, self.batch_size):
+            captions += self.model.caption(list(batch))
+            self.bar.update(len(batch))
+        return captions
+
+    # -- suites ------------------------------------------------------------------------------
+
+    def drawing(self) -> None:
+        canonical = [shapes.canonical_caption(s) for s in self.scenes]
+        images = self._draw(canonical, 0)
+        self._exact_rows("text_to_image/canonical", "text-to-image", "canonical captions", "held in",
+                         self.scenes, images)
+        round_trip = SceneScore()
+        for scene, text in zip(self.scenes, self._caption(images), strict=True):
+            round_trip.add(scene, shapes_language.parse_caption(text))
+        self.rows.append(Row("round_trip", "round trip", "caption → image → caption", "held in", round_trip))
+
+        by_family: dict[str, dict] = {}
+        for key, held, families, stream in (("held_in_families", "held in", list(TRAIN_FAMILIES), 1),
+                                            ("held_out_families", "held out", list(HELD_OUT_FAMILIES), 2)):
+            prompts = self._prompts(stream, families, "full")
+            images = self._draw([p.text for p in prompts], stream)
+            self._exact_rows(f"text_to_image/{key}", "text-to-image", f"full scenes, {len(families)} phrasing families",
+                             held, self.scenes, images, prompts)
+            for family in families:
+                family_score = SceneScore()
+                for scene, prompt, image in zip(self.scenes, prompts, images, strict=True):
+                    if prompt.family == family:
+                        family_score.add(scene, shapes.analyze(image))
+                by_family[f"{family} ({held})"] = family_score.as_dict()
+        self.breakdown["Text-to-image by phrasing family (full scenes)"] = by_family
+
+        partial = self._prompts(3, list(HELD_OUT_FAMILIES), "partial")
+        images = self._draw([p.text for p in partial], 3)
+        satisfied, counted = Rate(), Rate()
+        for prompt, image in zip(partial, images, strict=True):
+            seen = shapes.analyze(image)
+            satisfied.add(prompt.spec.satisfied_by(seen), seen is not None)
+            counted.add(seen is not None and len(seen.objects) == len(prompt.spec.objects), seen is not None)
+        self.rows.append(Row("text_to_image/under_specified", "text-to-image",
+                             "under-specified prompts: every stated attribute", "held out", satisfied))
+        self.rows.append(Row("text_to_image/counts", "text-to-image", "under-specified prompts: the stated count",
+                             "held out", counted))
+
+        related = [p for p in self._prompts(4, list(HELD_OUT_FAMILIES), "relations", self.multi) if p.spec.relations]
+        images = self._draw([p.text for p in related], 4)
+        relations = Rate()
+        for prompt, image in zip(related, images, strict=True):
+            seen = shapes.analyze(image)
+            relations.add(prompt.spec.satisfied_by(seen), seen is not None)
+        self.rows.append(Row("text_to_image/relations", "text-to-image", "prompts with relations (above, in a row...)",
+                             "held out", relations))
+
+    def _exact_rows(self, key: str, task: str, what: str, held: str, scenes: Sequence[shapes.Scene],
+                    images: list[Image.Image], prompts: list[shapes_language.Prompt] | None = None) -> None:
+        score = SceneScore()
+        for i, (scene, image) in enumerate(zip(scenes, images, strict=True)):
+            ok = score.add(scene, shapes.analyze(image))
+            if held == "held out" and len(self.drawings) < 24:
+                self.drawings.append(Example(None, prompts[i].text if prompts else "", image, ok))
+        self.rows.append(Row(key, task, what, held, score))
+
+    def captioning(self) -> None:
+        rng = self._rng(10)
+        for name, make in EVAL_VARIANTS.items():
+            images = [load_image(make(scene, self.image_size, rng)).image for scene in self.scenes]
+            score = SceneScore()
+            for scene, text in zip(self.scenes, self._caption(images), strict=True):
+                score.add(scene, shapes_language.parse_caption(text))
+            key = "captioning/" + "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
+            self.rows.append(Row(key, "captioning", name, "held out" if name in HELD_OUT else "held in", score))
+
+    def rewriting(self) -> None:
+        details = ("full", "partial", "relations")
+        prompts = [p for i, detail in enumerate(details)
+                   for p in self._prompts(20 + i, list(HELD_OUT_FAMILIES), detail)]
+        rng = self._rng(23)
+        prompts = [prompts[i] for i in rng.permutation(len(prompts))[: self.num]]
+        rewrites = self._rewrite([p.text for p in prompts])
+        meaning, hallucinated, accepted, flagged = Rate(), Rate(), Rate(), Rate()
+        for prompt, (text, unknown, took) in zip(prompts, rewrites, strict=True):
+            read = shapes_language.parse_prompt(text)
+            meaning.add(prompt.spec.same_meaning(read), read is not None)
+            hallucinated.add(adds_to(read, prompt.spec))
+            accepted.add(took)
+            flagged.add(bool(unknown))
+        self.rows += [
+            Row("rewriting/same_meaning", "rewriting", "in-domain prompts (full, partial, relations): the drawn "
+                "text means the prompt", "held out", meaning),
+            Row("rewriting/hallucination", "rewriting", "in-domain prompts: the drawn text says more than the prompt "
+                "(lower is better)", "held out", hallucinated),
+            Row("rewriting/accepted", "rewriting", "in-domain prompts: rewrite confident enough to be drawn",
+                "held out", accepted),
+            Row("rewriting/in_domain_flagged", "out-of-domain flag", "in-domain prompts flagged (lower is better)",
+                "held out", flagged),
+        ]
+        rng = self._rng(24)
+        ood = [shapes_language.describe_unknown(scene, rng, held_out=True)[0].text for scene in self.scenes]
+        caught = Rate()
+        for _, unknown, _ in self._rewrite(ood):
+            caught.add(bool(unknown))
+        self.rows.append(Row("rewriting/out_of_domain_flagged", "out-of-domain flag",
+                             "prompts asking for shapes/colours the domain lacks (held-out words) flagged", "held out",
+                             caught))
+
+    def _rewrite(self, prompts: list[str]) -> list[tuple[str, str, bool]]:
+        results = []
+        for _, batch in _batches(prompts, self.batch_size):
+            results += self.model.rewrite(list(batch))
+            self.bar.update(len(batch))
+        return results
+
+    def answering(self) -> None:
+        for held_out, held in ((True, "held out"), (False, "held in")):
+            rng = self._rng(30 + held_out)
+            kinds = shapes_tasks.QUESTION_KINDS if held_out else (None,)
+            items = [(scene, shapes_tasks.ask(scene, rng, kind, held_out=held_out))
+                     for scene in self.scenes for kind in kinds]
+            answers = []
+            for _, batch in _batches(items, self.batch_size):
+                answers += self.model.answer([shapes.render(scene, self.image_size) for scene, _ in batch],
+                                             [q.text for _, q in batch])
+                self.bar.update(len(batch))
+            overall, by_kind = Rate(), {}
+            for (_, question), answer in zip(items, answers, strict=True):
+                hit = normal_answer(answer) == question.answer
+                overall.add(hit)
+                by_kind.setdefault(question.kind, Rate()).add(hit)
+            what = "every question type" if held_out else "one random type per scene"
+            self.rows.append(Row(f"answering/{held.replace(' ', '_')}", "question answering", f"{what}: exact answer",
+                                 f"{held} (question wording)", overall))
+            if held_out:
+                self.breakdown["Question answering by type (held-out wordings)"] = {
+                    kind: by_kind[kind].as_dict() for kind in shapes_tasks.QUESTION_KINDS if kind in by_kind}
+
+    def editing(self) -> None:
+        for held_out, held in ((True, "held out"), (False, "held in")):
+            rng = self._rng(40 + held_out)
+            kinds = shapes_tasks.EDIT_KINDS
+            edits = [shapes_tasks.instruct(scene, rng, kinds[i % len(kinds)], held_out=held_out)
+                     for i, scene in enumerate(self.scenes)]
+            exact, preserved, by_kind = SceneScore(), Rate(), {}
+            for _, batch in _batches(edits, self.batch_size):
+                befores = [shapes.render(e.before, self.image_size) for e in batch]
+                afters = self.model.edit(befores, [e.instruction for e in batch])
+                for edit, before, after in zip(batch, befores, afters, strict=True):
+                    seen = shapes.analyze(after)
+                    ok = exact.add(edit.after, seen)
+                    preserved.add(shapes_tasks.untouched_preserved(edit, seen), seen is not None)
+                    by_kind.setdefault(edit.kind, Rate()).add(ok)
+                    if held_out and len(self.edits) < 12:
+                        self.edits.append(Example(before, edit.instruction, after, ok))
+                self.bar.update(len(batch))
+            tag = f"{held} (instruction wording)"
+            self.rows.append(Row(f"editing/{held.replace(' ', '_')}", "editing", "exact target scene", tag, exact))
+            self.rows.append(Row(f"editing/{held.replace(' ', '_')}_preserved", "editing",
+                                 "untouched objects and background kept", tag, preserved))
+            if held_out:
+                self.breakdown["Editing by kind (held-out wordings, exact target)"] = {
+                    kind: by_kind[kind].as_dict() for kind in kinds if kind in by_kind}
+
+
+# -- pictures ------------------------------------------------------------------------------------
+
+
+def example_grid(examples: list[Example], columns: int = 4, tile: int = 128) -> Image.Image:
+    """Each example's images (before and after for an edit) beside its text; a green or red frame
+    says whether it read back right."""
     text_width, pad = 3 * tile, 6
-    rows = (len(examples) + columns - 1) // columns
-    cell_w, cell_h = tile + text_width + 2 * pad, tile + 2 * pad
+    tiles = 2 if any(e.before is not None for e in examples) else 1
+    rows = max(1, (len(examples) + columns - 1) // columns)
+    cell_w, cell_h = tiles * (tile + pad) + text_width + pad, tile + 2 * pad
     grid = Image.new("RGB", (columns * cell_w, rows * cell_h), (250, 250, 250))
     draw = ImageDraw.Draw(grid)
-    for index, (prompt, image, ok) in enumerate(examples):
+    for index, example in enumerate(examples):
         x, y = (index % columns) * cell_w + pad, (index // columns) * cell_h + pad
-        draw.rectangle([x - 3, y - 3, x + tile + 2, y + tile + 2], outline=(30, 160, 60) if ok else (200, 30, 30), width=3)
-        grid.paste(image.convert("RGB").resize((tile, tile), Image.NEAREST), (x, y))
-        words, line, lines = prompt.split(), "", []
-        for word in words:  # wrap to the text column
+        if example.before is not None:
+            grid.paste(example.before.convert("RGB").resize((tile, tile), Image.NEAREST), (x, y))
+            x += tile + pad
+        draw.rectangle([x - 3, y - 3, x + tile + 2, y + tile + 2], outline=(30, 160, 60) if example.ok else (200, 30, 30),
+                       width=3)
+        grid.paste(example.after.convert("RGB").resize((tile, tile), Image.NEAREST), (x, y))
+        line, lines = "", []
+        for word in example.text.split():  # wrap to the text column
             if draw.textlength(f"{line} {word}") > text_width - 2 * pad and line:
                 lines.append(line)
                 line = word
@@ -200,16 +385,20 @@ def example_grid(examples: list[tuple[str, Image.Image, bool]], columns: int = 4
 
 
 def write_report(evaluation: ShapesEvaluation, out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write report.md, report.json and grid.png atomically into out_dir."""
+    """Write report.md, report.json and the example grids (grid.png: drawings from held-out
+    phrasings; edits.png: before, instruction, after) atomically into out_dir."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"markdown": out / "report.md", "json": out / "report.json", "grid": out / "grid.png"}
-    payloads = {
-        "markdown": lambda p: p.write_text(evaluation.markdown()),
-        "json": lambda p: p.write_text(json.dumps(evaluation.as_dict(), indent=2) + "\n"),
-        "grid": lambda p: example_grid(evaluation.examples).save(p, format="PNG"),
+    payloads: dict[str, tuple[Path, Callable[[Path], object]]] = {
+        "markdown": (out / "report.md", lambda p: p.write_text(evaluation.markdown())),
+        "json": (out / "report.json", lambda p: p.write_text(json.dumps(evaluation.as_dict(), indent=2) + "\n")),
     }
-    for name, path in paths.items():
+    if evaluation.drawings:
+        payloads["grid"] = (out / "grid.png", lambda p: example_grid(evaluation.drawings).save(p, format="PNG"))
+    if evaluation.edits:
+        payloads["edits"] = (out / "edits.png", lambda p: example_grid(evaluation.edits, columns=3).save(p, format="PNG"))
+    for path, write in payloads.values():
         with atomic_file(path) as tmp:
-            payloads[name](tmp)
-    return paths
+            write(tmp)
+    return {name: path for name, (path, _) in payloads.items()}
+
