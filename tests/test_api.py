@@ -275,8 +275,8 @@ BAD_GENERATION_REQUESTS = {
     "guidance infinite": ({"prompt": "a red circle", "guidance_scale": float("inf")}, "finite"),
     "guidance negative": ({"prompt": "a red circle", "guidance_scale": -1.0}, "guidance_scale"),
     "negative seed": ({"prompt": "a red circle", "seed": -3}, "seed"),
-    "url response format": ({"prompt": "a red circle", "response_format": "url"}, "b64_json"),
-    "unknown field": ({"prompt": "a red circle", "size": "1024x1024"}, "size"),
+    "unknown field": ({"prompt": "a red circle", "negative_prompt": "blue"}, "negative_prompt"),
+    "size not a string": ({"prompt": "a red circle", "size": 64}, "size"),
 }
 
 

@@ -45,5 +45,6 @@ class AccessLogMiddleware:
                 "status": status,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 2),
                 "n_images": state.get("n_images", 0),
+                "request_id": state.get("request_id"),
                 "client": f"{client[0]}:{client[1]}" if client else None,
             }))

@@ -36,6 +36,7 @@ class BatchStats:
     batches: int = 0
     items: int = 0
     largest_batch: int = 0
+    skipped: int = 0  # items whose caller went away (client disconnect, deadline) before their batch
 
 
 @dataclass
@@ -100,7 +101,9 @@ class MicroBatcher(Generic[T, R]):
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = [p for p in await self._collect() if not p.future.done()]
+            collected = await self._collect()
+            batch = [p for p in collected if not p.future.done()]
+            self.stats.skipped += len(collected) - len(batch)
             if not batch:
                 continue
             started = time.perf_counter()

@@ -2,23 +2,32 @@
 
 Decoding is ``unitok.data.images.load_image`` (the loader of every stage: format sniffing, the
 pixel-count check before any pixel is decoded, EXIF orientation, transparency on white); here its
-refusals become ``ApiError``s whose message says what to send instead.
+refusals become ``ApiError``s whose message says what to send instead. An upload is reduced to the
+model's input size as soon as it is decoded (``open_image``), and ``DecodeBudget`` caps the pixels
+being decoded at once, so a queue of uploads holds small images and a burst of large ones cannot
+take gigabytes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import io
 import re
 from dataclasses import dataclass
 
 from PIL import Image
 
+from tokenizer.images import square_resize
 from unitok.api.errors import ApiError
 from unitok.data.images import USER_FORMATS, ImageError, load_image
 
 ALLOWED_FORMATS = USER_FORMATS
-_DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
+# RFC 2397: data:[<mediatype>][;base64],<data>, where the media type may carry parameters
+# (data:image/png;charset=utf-8;base64,...). Only base64 data is taken.
+_DATA_URL = re.compile(r"data:image/[\w.+-]+(?:;[\w.+-]+=[^;,]*)*;base64,", re.IGNORECASE)
+_BASE64_WHITESPACE = b" \t\r\n\v\f"
 _REMOTE_URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 
 
@@ -32,33 +41,86 @@ class Limits:
     max_prompt_chars: int = 1000
     max_n: int = 8  # images per generation request
     max_guidance_scale: float = 50.0
+    max_json_body_bytes: int = 16 * 1024  # a generation request is a prompt and a few numbers
+    max_decoding_pixels: int = 64 * 1024 * 1024  # pixels of all images being decoded at once
+    max_upscale: int = 16  # largest generation size: this many times the model's image size
+    request_timeout_s: float = 300.0  # from submission to the model until the answer
+    body_timeout_s: float = 30.0  # to receive the whole request body
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_images", "max_image_pixels", "max_prompt_chars", "max_n"):
+        for name in ("max_body_bytes", "max_images", "max_image_pixels", "max_prompt_chars", "max_n",
+                     "max_json_body_bytes", "max_decoding_pixels", "max_upscale"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("request_timeout_s", "body_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+
+class DecodeBudget:
+    """At most ``max_pixels`` pixels being decoded at once, over all requests; an image larger
+    than the whole budget is decoded alone. Waiters queue on the event loop, not in threads."""
+
+    def __init__(self, max_pixels: int) -> None:
+        self.max_pixels = max_pixels
+        self.in_use = 0
+        self._freed = asyncio.Condition()
+
+    async def decode(self, data: bytes, name: str, limits: Limits, size: int) -> Image.Image:
+        """``open_image`` in a worker thread once the image's pixels fit the budget."""
+        pixels = min(_header_pixels(data), self.max_pixels)
+        async with self._freed:
+            await self._freed.wait_for(lambda: self.in_use == 0 or self.in_use + pixels <= self.max_pixels)
+            self.in_use += pixels
+        try:
+            return await asyncio.to_thread(open_image, data, name, limits, size)
+        finally:
+            async with self._freed:
+                self.in_use -= pixels
+                self._freed.notify_all()
+
+
+def _header_pixels(data: bytes) -> int:
+    """Width x height from the header (no pixel decoded); 1 for what is no image (refused later)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return max(1, image.width * image.height)
+    except Exception:  # noqa: BLE001 - open_image reports why it is unusable
+        return 1
 
 
 def decode_base64_image(text: str, index: int) -> bytes:
     """Bytes of the ``index``-th JSON image: plain base64 or a ``data:image/...;base64,`` URL."""
+    return decode_base64_text(text, f"images.{index}")
+
+
+def decode_base64_text(text: str, name: str) -> bytes:
+    """Bytes of plain base64 or of a ``data:image/...[;param=value];base64,`` URL (RFC 2397)."""
     if _REMOTE_URL.match(text):
-        raise ApiError(422, f"images.{index}: URLs are not fetched; send the image bytes as base64 "
+        raise ApiError(422, f"{name}: URLs are not fetched; send the image bytes as base64 "
                             "(JSON) or as a multipart file", "url_not_supported")
-    # Line breaks are common in base64 produced by command-line tools; they carry no data.
-    text = "".join(_DATA_URL.sub("", text, count=1).split())
+    prefix = _DATA_URL.match(text)
+    if prefix is None and text[:5].lower() == "data:":
+        raise ApiError(422, f"{name}: a data URL must be data:image/<type>;base64,<data>", "invalid_base64")
     try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise ApiError(422, f"images.{index}: not valid base64 (standard alphabet, with padding)",
+        # Line breaks are common in base64 written by command-line tools; they carry no data.
+        # bytes.translate drops them in one pass (no list of pieces: memory stays ~2x the text).
+        data = text[prefix.end():] if prefix else text
+        return base64.b64decode(data.encode("ascii").translate(None, _BASE64_WHITESPACE), validate=True)
+    except (binascii.Error, ValueError):  # UnicodeEncodeError is a ValueError
+        raise ApiError(422, f"{name}: not valid base64 (standard alphabet, with padding)",
                        "invalid_base64") from None
 
 
-def open_image(data: bytes, name: str, limits: Limits) -> Image.Image:
-    """Decode one image fully, refusing empty, unknown, oversized and truncated inputs."""
+def open_image(data: bytes, name: str, limits: Limits, size: int | None = None) -> Image.Image:
+    """Decode one image, refusing empty, unknown, oversized and truncated inputs. ``size``: the
+    model reads ``size`` x ``size``, so the image is reduced to that at once (exactly as the model
+    would reduce it: ``tokenizer.images.square_resize``), JPEGs already while decoding."""
     try:
-        return load_image(data, formats=ALLOWED_FORMATS, max_pixels=limits.max_image_pixels).image
+        image = load_image(data, formats=ALLOWED_FORMATS, max_pixels=limits.max_image_pixels, min_side=size).image
     except ImageError as error:
         raise _refusal(error, name, limits) from None
+    return image if size is None else square_resize(image, size)
 
 
 def _refusal(error: ImageError, name: str, limits: Limits) -> ApiError:

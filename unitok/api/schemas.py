@@ -7,7 +7,7 @@ the limits that server enforces.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -40,9 +40,96 @@ def generation_request_model(limits: Limits, default_guidance_scale: float) -> t
                                       description="Classifier-free guidance; 1 turns it off.")
         seed: int | None = Field(None, ge=0, le=MAX_SEED,
                                  description="Image i is drawn with seed + i; omit for a random seed.")
-        response_format: Literal["b64_json"] = Field("b64_json", description="Only base64 PNGs.")
+        model: str | None = Field(None, max_length=200, description="The served model's id (GET /v1/models).")
+        size: str | None = Field(None, max_length=20, description="WxH: the model's size or an integer multiple "
+                                                                  "of it (upscaled, nearest neighbour).")
+        response_format: str = Field("b64_json", max_length=20, description="Only b64_json (base64 PNGs).")
+        user: str | None = Field(None, max_length=256, description="Accepted for OpenAI clients; unused.")
+        quality: str | None = Field(None, max_length=32, description="Accepted for OpenAI clients; ignored.")
+        style: str | None = Field(None, max_length=32, description="Accepted for OpenAI clients; ignored.")
 
     return ImageGenerationRequest
+
+
+# -- chat completions (OpenAI's vision message format) -------------------------------------------
+
+
+class _Lenient(BaseModel):
+    """OpenAI's message objects: unknown keys inside them (``detail``, ``name``...) are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class ImageUrl(_Lenient):
+    url: str = Field(description="A data:image/...;base64, URL. Remote URLs are refused.")
+
+
+class TextPart(_Lenient):
+    type: Literal["text"]
+    text: str
+
+
+class ImagePart(_Lenient):
+    type: Literal["image_url"]
+    image_url: ImageUrl
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
+class ChatMessage(_Lenient):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+
+
+class StreamOptions(_Lenient):
+    include_usage: bool = False
+
+
+def chat_request_model(limits: Limits) -> type[BaseModel]:
+    class ChatCompletionRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        model: str = Field(max_length=200, description="The served model's id (GET /v1/models).")
+        messages: list[ChatMessage] = Field(min_length=1, max_length=64)
+        max_tokens: int | None = Field(None, ge=1, description="Longest reply, in tokens.")
+        max_completion_tokens: int | None = Field(None, ge=1, description="Same as max_tokens (newer name).")
+        temperature: float | None = Field(None, ge=0.0, le=2.0, allow_inf_nan=False,
+                                          description="Captions: 0 (the default) is greedy. Answers are greedy.")
+        top_p: float | None = Field(None, gt=0.0, le=1.0, description="Captions only.")
+        seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Seed of a sampled caption (temperature > 0).")
+        n: int = Field(1, ge=1, le=1, description="Only 1.")
+        stream: bool = False
+        stream_options: StreamOptions | None = None
+        user: str | None = Field(None, max_length=256, description="Accepted; unused.")
+
+    return ChatCompletionRequest
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
 
 
 class CaptionResponse(BaseModel):
