@@ -55,11 +55,13 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class PromptRewrite:
     """How the LM restated a prompt: ``text`` is what is drawn (the prompt itself where the rewrite
-    was not confident, empty or unfinished), ``unknown`` what it says it cannot draw."""
+    was not confident, empty or unfinished), ``unknown`` what it says it cannot draw,
+    ``restatement`` the LM's own words whether used or not ("" when unfinished)."""
 
     text: str
     unknown: str
     accepted: bool
+    restatement: str = ""
 
 
 class UniTokPipeline(ImageTasksMixin, DiffusionPipeline):
@@ -294,7 +296,7 @@ class UniTokPipeline(ImageTasksMixin, DiffusionPipeline):
                 unknown = decode_text(self.text_tokenizer, rewrite.unknown) if rewrite.finished else ""
                 accepted = bool(text) and rewrite.confidence >= REWRITE_CONFIDENCE and (
                     room is None or len(encode_text(self.text_tokenizer, text)) <= room)
-                results.append(PromptRewrite(text if accepted else prompt, unknown, accepted))
+                results.append(PromptRewrite(text if accepted else prompt, unknown, accepted, text))
         return results
 
     def encode_prompt(self, prompt: str) -> list[int]:

@@ -379,3 +379,15 @@ def test_rewrite_prompts_tells_a_finished_rewrite_from_one_cut_at_the_limit(pipe
     with torch.no_grad():
         lm.lm_head.bias[pipe.vocabulary.eos_id] = -1e4  # never EOS: cut at the limit
     assert [r.finished for r in generate_rewrites(lm, pipe.vocabulary, text_ids, max_new_tokens=5)] == [False, False]
+
+
+def test_a_rewrite_too_unsure_to_draw_still_reports_the_lms_words(pipe, monkeypatch):
+    import generation.pipeline
+
+    monkeypatch.setattr(generation.pipeline, "REWRITE_CONFIDENCE", 0.0)
+    trusted = pipe.rewrites(PROMPTS)
+    monkeypatch.setattr(generation.pipeline, "REWRITE_CONFIDENCE", 1.01)  # nothing is that sure
+    refused = pipe.rewrites(PROMPTS)
+    assert [r.text for r in refused] == PROMPTS and not any(r.accepted for r in refused)
+    assert [r.restatement for r in refused] == [r.restatement for r in trusted]
+    assert all(r.text == r.restatement for r in trusted if r.accepted)

@@ -132,7 +132,7 @@ def test_wrong_colors_are_counted_per_attribute(said):
         return images
 
     scores = evaluate_shapes(ShapesModel(generate=recolor, caption=lambda images: ["nonsense"] * len(images)),
-                             num_scenes=20, progress=False, suites=("drawing",)).as_dict()
+                             num_scenes=20, progress=False, suites=("drawing", "drawing_held_out")).as_dict()
     t2i = scores["text_to_image/canonical"]
     assert t2i["exact"] == 0.0 and t2i["color"] == 0.0
     assert t2i["shape"] == t2i["size"] == t2i["position"] == t2i["background"] == 1.0
@@ -205,7 +205,8 @@ def test_eval_command_reports_with_the_models_own_sampling_defaults(tmp_path):
     assert main(["eval", "shapes", "--model", str(tmp_path / "pipe"), "--num", "2", "--out", str(tmp_path / "eval")]) == 0
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert (report["settings"]["temperature"], report["settings"]["guidance"]) == (0.0, 2.0)
-    assert report["settings"]["suites"] == ["drawing", "captioning", "rewriting", "answering", "editing"]
+    assert report["settings"]["suites"] == ["drawing", "drawing_held_out", "captioning", "rewriting", "answering",
+                                            "editing"]
     assert report["text_to_image/canonical"]["n"] == report["editing/held_out"]["n"] == 2
     assert main(["eval", "shapes", "--model", str(tmp_path / "pipe"), "--num", "2", "--temperature", "1.5",
                  "--suites", "answering", "--out", str(tmp_path / "eval2")]) == 0

@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     shapes.add_argument("--out", default="runs/eval-shapes",
                         help="folder for report.md, report.json, grid.png (and edits.png)")
     shapes.add_argument("--suites", default=None, metavar="LIST",
-                        help="comma-separated subset of drawing,captioning,rewriting,answering,editing "
+                        help="comma-separated subset of drawing,drawing_held_out,captioning,rewriting,answering,editing "
                              "(default: every suite the model can do)")
     add_sampling_arguments(shapes)
     add_model_arguments(shapes)
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         return pipe(prompts, generator=generators, batch_size=args.batch_size, **chosen).images
 
     def rewrite(prompts: list[str]):
-        return [(r.text, r.unknown, r.accepted) for r in pipe.rewrites(prompts, batch_size=args.batch_size)]
+        return [(r.restatement, r.unknown, r.accepted) for r in pipe.rewrites(prompts, batch_size=args.batch_size)]
 
     model = ShapesModel(
         generate=generate,
