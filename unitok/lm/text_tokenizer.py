@@ -91,8 +91,13 @@ def check_tokenizer(tokenizer: PreTrainedTokenizerBase, vocab: UnifiedVocabulary
 
 
 def encode_text(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    """Caption/prompt text -> text ids, without BOS/EOS (sequences add those, see sequences.py)."""
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    """Caption/prompt text -> text ids, without BOS/EOS (sequences add those, see sequences.py).
+
+    ``split_special_tokens``: a prompt that contains ``<|boi|>``, ``<|img_7|>`` or ``<|endoftext|>``
+    is text like any other (byte-level pieces), never the control token, so user text cannot end a
+    caption early or forge image codes.
+    """
+    return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
 
 def decode_text(tokenizer: PreTrainedTokenizerBase, ids: Iterable[int]) -> str:
