@@ -195,6 +195,21 @@ def test_a_client_hanging_up_mid_upload_is_logged_as_499_without_a_traceback(ser
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
 
 
+def test_a_client_cannot_fake_its_logged_address_unless_its_proxy_is_trusted(serve, caplog):
+    def logged_client(url: str) -> str:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="unitok.api.access"):
+            httpx.get(f"{url}/healthz", headers={"X-Forwarded-For": "203.0.113.9"}, timeout=5)
+            deadline = time.monotonic() + 5
+            while not caplog.records and time.monotonic() < deadline:
+                time.sleep(0.02)
+        return json.loads(caplog.records[0].getMessage())["client"]
+
+    assert logged_client(serve(SlowBackend())).startswith("127.0.0.1:")
+    assert logged_client(serve(SlowBackend(), options=ServerOptions(forwarded_allow_ips="127.0.0.1"))) \
+        .startswith("203.0.113.9:")
+
+
 def test_flood_prone_log_lines_are_rate_limited():
     records: list[logging.LogRecord] = []
     logger = logging.getLogger("test.flood")

@@ -30,8 +30,9 @@ class ServerOptions:
     """Connection-level limits. ``max_connections``: beyond it uvicorn answers 503 at once;
     ``header_timeout_s``: a connection must send a whole request head this soon after it opens
     (or after its last answer), else it is closed; ``keep_alive_s``: idle time allowed between
-    requests; ``forwarded_allow_ips``: proxies whose ``X-Forwarded-For`` is believed (None:
-    uvicorn's default, 127.0.0.1)."""
+    requests; ``forwarded_allow_ips``: proxies whose ``X-Forwarded-For`` is believed (None: no
+    one's, so a client cannot fake the address the access log records; uvicorn's own default
+    believes any local client)."""
 
     max_connections: int = 512
     header_timeout_s: float = 10.0
@@ -122,7 +123,8 @@ def _config(app: FastAPI, host: str, port: int, options: ServerOptions) -> uvico
     # access_log=False: our AccessLogMiddleware writes a structured line per request instead.
     # log_config=None: leave logging as the caller configured it.
     install_log_rate_limits()
-    extra = {} if options.forwarded_allow_ips is None else {"forwarded_allow_ips": options.forwarded_allow_ips}
+    proxies = options.forwarded_allow_ips
+    extra = {"proxy_headers": False} if proxies is None else {"proxy_headers": True, "forwarded_allow_ips": proxies}
     return uvicorn.Config(app, host=host, port=port, access_log=False, log_config=None,
                           timeout_graceful_shutdown=10, limit_concurrency=options.max_connections,
                           timeout_keep_alive=options.keep_alive_s,

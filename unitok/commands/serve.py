@@ -58,8 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--request-timeout-s", type=float, default=300.0,
                         help="longest wait for the model, queue included, before a 504 (default: %(default)s)")
     parser.add_argument("--forwarded-allow-ips", default=None,
-                        help="proxies whose X-Forwarded-For is believed, comma-separated (default: uvicorn's, "
-                             "127.0.0.1)")
+                        help="proxies whose X-Forwarded-For is believed, comma-separated, e.g. 127.0.0.1 behind "
+                             "a local nginx (default: none: the access log shows the peer's own address)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.epilog = f"Set {API_KEY_ENV} to require 'Authorization: Bearer <key>' on /v1/* endpoints."
 
