@@ -89,4 +89,5 @@ def test_tiny_lm_overfits_both_directions_and_rewrites(tmp_path, one_thread):
     assert texts == captions
 
     restated = generate_rewrites(model, vocab, [encode_text(tokenizer, p[0]) for p in paraphrases], max_new_tokens=80)
-    assert [decode_text(tokenizer, ids) for ids in restated] == captions
+    assert [decode_text(tokenizer, rewrite.ids) for rewrite in restated] == captions
+    assert all(rewrite.finished and not rewrite.unknown for rewrite in restated)
