@@ -13,8 +13,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import ctypes
+import ctypes.util
 import io
 import re
+import sys
 from dataclasses import dataclass
 
 from PIL import Image
@@ -42,7 +45,7 @@ class Limits:
     max_n: int = 8  # images per generation request
     max_guidance_scale: float = 50.0
     max_json_body_bytes: int = 16 * 1024  # a generation request is a prompt and a few numbers
-    max_decoding_pixels: int = 64 * 1024 * 1024  # pixels of all images being decoded at once
+    max_decoding_pixels: int = 4096 * 4096  # pixels of all images being decoded at once: one of the largest
     max_upscale: int = 16  # largest generation size: this many times the model's image size
     request_timeout_s: float = 300.0  # from submission to the model until the answer
     body_timeout_s: float = 30.0  # to receive the whole request body
@@ -73,11 +76,27 @@ class DecodeBudget:
             await self._freed.wait_for(lambda: self.in_use == 0 or self.in_use + pixels <= self.max_pixels)
             self.in_use += pixels
         try:
-            return await asyncio.to_thread(open_image, data, name, limits, size)
+            return await asyncio.to_thread(_open_and_release, data, name, limits, size, pixels)
         finally:
             async with self._freed:
                 self.in_use -= pixels
                 self._freed.notify_all()
+
+
+# Below this many pixels a decode's buffers are small enough for the allocator to keep.
+_TRIM_AFTER_PIXELS = 1024 * 1024
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if sys.platform.startswith("linux") else None
+
+
+def _open_and_release(data: bytes, name: str, limits: Limits, size: int, pixels: int) -> Image.Image:
+    """``open_image``, then (after a large image, on glibc) hand the freed decode buffers back to
+    the OS: glibc keeps them in the worker thread's arena otherwise, and a burst of large uploads
+    would leave the server that much bigger for good."""
+    try:
+        return open_image(data, name, limits, size)
+    finally:
+        if pixels >= _TRIM_AFTER_PIXELS and _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
+            _LIBC.malloc_trim(0)
 
 
 def _header_pixels(data: bytes) -> int:
