@@ -1,4 +1,5 @@
-"""The micro-batcher on its own: coalescing, order, batching off, errors, and abandoned callers."""
+"""The micro-batcher on its own: coalescing, order, batching off, errors, abandoned callers (queued
+and running), clients taking turns and their share of the queue."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from unitok.api.batching import MicroBatcher, QueueFull
+from generation.interrupt import Interrupted, raise_if_stopped, stop_when
+from unitok.api.batching import MicroBatcher, OwnerShareFull, QueueFull
 
 
 class RecordingSquarer:
@@ -29,11 +31,12 @@ class RecordingSquarer:
         return [x * x for x in items]
 
 
-def run_with_batcher(model, max_batch: int, max_wait_ms: float, scenario, max_queue: int = 1024):
+def run_with_batcher(model, max_batch: int, max_wait_ms: float, scenario, max_queue: int = 1024,
+                     max_queue_per_owner: int | None = None):
     async def main():
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="model") as executor:
             batcher = MicroBatcher(model, max_batch=max_batch, max_wait_ms=max_wait_ms, executor=executor,
-                                   max_queue=max_queue)
+                                   max_queue=max_queue, max_queue_per_owner=max_queue_per_owner)
             batcher.start()
             try:
                 return await scenario(batcher)
@@ -127,3 +130,100 @@ def test_a_full_queue_refuses_at_once_instead_of_piling_up():
 
     busy, waiting = run_with_batcher(model, max_batch=4, max_wait_ms=0, scenario=scenario, max_queue=3)
     assert [r.value for r in busy + waiting] == [1, 4, 9]
+
+
+class SteppingSquarer(RecordingSquarer):
+    """Squares numbers in ``steps`` decoding steps, each checking ``raise_if_stopped`` as the
+    pipeline's decoding loops do; records how many steps each batch ran."""
+
+    def __init__(self, steps: int = 40, step_s: float = 0.02) -> None:
+        super().__init__(delay_s=0.0)
+        self.steps, self.step_s = steps, step_s
+        self.steps_run: list[int] = []
+
+    def __call__(self, items: list[int]) -> list[int]:
+        self.batches.append(list(items))
+        self.steps_run.append(0)
+        for _ in range(self.steps):
+            raise_if_stopped()
+            time.sleep(self.step_s)
+            self.steps_run[-1] += 1
+        return [x * x for x in items]
+
+
+def test_a_running_batch_whose_callers_all_left_stops_at_its_next_step():
+    model = SteppingSquarer(steps=40, step_s=0.02)  # 0.8 s per batch when it runs to the end
+
+    async def scenario(batcher):
+        abandoned = asyncio.ensure_future(batcher.submit([1, 2]))
+        await asyncio.sleep(0.1)  # the batch is running
+        abandoned.cancel()
+        started = time.perf_counter()
+        [result] = await batcher.submit([3])
+        return result, time.perf_counter() - started, batcher.stats
+
+    result, waited, stats = run_with_batcher(model, max_batch=4, max_wait_ms=0, scenario=scenario)
+    assert result.value == 9 and stats.interrupted == 1
+    assert model.steps_run[0] < 15 and model.steps_run[1] == 40, model.steps_run
+    assert waited < 0.8 + 0.3  # its own batch and at most one step of the abandoned one
+
+
+def test_a_batch_with_one_caller_left_runs_to_the_end():
+    model = SteppingSquarer(steps=20, step_s=0.01)
+
+    async def scenario(batcher):
+        leaving = asyncio.ensure_future(batcher.submit([1]))
+        staying = asyncio.ensure_future(batcher.submit([2]))
+        await asyncio.sleep(0.05)
+        leaving.cancel()
+        return await staying, batcher.stats
+
+    [result], stats = run_with_batcher(model, max_batch=4, max_wait_ms=20, scenario=scenario)
+    assert result.value == 4 and stats.interrupted == 0
+    assert model.batches == [[1, 2]] and model.steps_run == [20]
+
+
+def test_outside_a_batcher_the_stop_check_is_a_no_op_and_inside_it_obeys_its_check():
+    raise_if_stopped()
+    with stop_when(lambda: False):
+        raise_if_stopped()
+    with stop_when(lambda: True), pytest.raises(Interrupted):
+        raise_if_stopped()
+    raise_if_stopped()  # the check ends with its block
+
+
+def test_a_batch_takes_its_items_from_the_waiting_clients_in_turn():
+    model = RecordingSquarer(delay_s=0.1)
+
+    async def scenario(batcher):
+        busy = asyncio.ensure_future(batcher.submit([0], owner="a"))
+        await asyncio.sleep(0.03)  # [0] is running; what follows queues behind it
+        flood = asyncio.ensure_future(batcher.submit([1, 2, 3, 4, 5, 6, 7, 8], owner="a"))
+        await asyncio.sleep(0)
+        polite = asyncio.ensure_future(batcher.submit([100], owner="b"))
+        await asyncio.sleep(0)
+        other = asyncio.ensure_future(batcher.submit([200, 201], owner="c"))
+        return await asyncio.gather(busy, flood, polite, other)
+
+    results = run_with_batcher(model, max_batch=4, max_wait_ms=0, scenario=scenario)
+    assert [[r.value for r in result] for result in results] == [[0], [x * x for x in range(1, 9)], [10000],
+                                                                [40000, 40401]]
+    assert model.batches == [[0], [1, 100, 200, 2], [3, 201, 4, 5], [6, 7, 8]]
+
+
+def test_one_client_cannot_take_more_than_its_share_of_the_queue():
+    model = RecordingSquarer(delay_s=0.3)
+
+    async def scenario(batcher):
+        busy = asyncio.ensure_future(batcher.submit([1], owner="greedy"))
+        await asyncio.sleep(0.05)  # [1] is running, and still counts until it is answered
+        waiting = asyncio.ensure_future(batcher.submit([2, 3], owner="greedy"))
+        await asyncio.sleep(0)
+        with pytest.raises(OwnerShareFull, match="3 of your items are already queued or running .the limit per client is 3"):
+            await batcher.submit([4], owner="greedy")
+        others = await batcher.submit([5, 6], owner="someone else")
+        again = await batcher.submit([7, 8], owner="greedy")  # its earlier items are done: room again
+        return await busy, await waiting, others, again
+
+    results = run_with_batcher(model, max_batch=4, max_wait_ms=0, scenario=scenario, max_queue_per_owner=3)
+    assert [[r.value for r in result] for result in results] == [[1], [4, 9], [25, 36], [49, 64]]

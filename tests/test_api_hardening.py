@@ -24,6 +24,7 @@ import pytest
 from PIL import Image
 from tiny_models import tiny_pipeline
 
+from generation.interrupt import raise_if_stopped
 from unitok.api import images as api_images
 from unitok.api.app import Batching, create_app
 from unitok.api.backend import AnswerJob, CaptionJob, DrawJob, DrawnImage, EditJob
@@ -242,6 +243,57 @@ def test_work_of_a_client_that_hung_up_is_not_done(serve):
     time.sleep(1.0)
     health = httpx.get(f"{url}/healthz", timeout=5).json()["batching"]["generations"]
     assert len(backend.drawn) <= 3 and health["skipped"] >= 5, (len(backend.drawn), health)
+
+
+class SteppingBackend(SlowBackend):
+    """Draws in ``steps`` decoding steps that check ``raise_if_stopped``, as the pipeline's loops do."""
+
+    def __init__(self, steps: int, step_s: float) -> None:
+        super().__init__()
+        self.steps, self.step_s = steps, step_s
+
+    def draw_batch(self, jobs: list[DrawJob]) -> list[DrawnImage]:
+        for _ in range(self.steps):
+            raise_if_stopped()
+            time.sleep(self.step_s)
+        return super().draw_batch(jobs)
+
+
+def test_a_running_generation_is_stopped_when_its_clients_hang_up(serve):
+    backend = SteppingBackend(steps=100, step_s=0.02)  # 2 s per batch when it runs to the end
+    url = serve(backend, batching=Batching(max_batch=8, max_wait_ms=0))
+
+    async def scenario() -> float:
+        async with httpx.AsyncClient(base_url=url, timeout=0.3) as client:
+            abandoned = [asyncio.ensure_future(client.post("/v1/images/generations",
+                                                           json={"prompt": "a red circle", "n": 8}))
+                         for _ in range(3)]
+            await asyncio.gather(*abandoned, return_exceptions=True)  # each client hangs up after 0.3 s
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            started = time.monotonic()
+            caption = await client.post("/v1/captions", files=[("images", ("a.png", png(16), "image/png"))])
+            assert caption.status_code == 200
+            return time.monotonic() - started
+
+    assert asyncio.run(scenario()) < 0.5  # not the ~1.7 s left of the abandoned batch
+    health = httpx.get(f"{url}/healthz", timeout=5).json()["batching"]["generations"]
+    assert health["interrupted"] == 1 and health["items"] == 0 and backend.drawn == [], health
+
+
+def test_one_client_gets_429_beyond_its_share_of_the_queue(serve):
+    backend = SlowBackend(delay_s=0.5)
+    url = serve(backend, batching=Batching(max_batch=8, max_wait_ms=0, max_queue_per_client=8))
+
+    async def scenario() -> list[int]:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            first = asyncio.ensure_future(client.post("/v1/images/generations", json={"prompt": "a", "n": 8}))
+            await asyncio.sleep(0.2)
+            second = await client.post("/v1/images/generations", json={"prompt": "b", "n": 1})
+            assert "limit per client is 8" in second.json()["error"]["message"]
+            assert second.headers["retry-after"] == "1"
+            return [(await first).status_code, second.status_code]
+
+    assert asyncio.run(scenario()) == [200, 429]
 
 
 def test_a_request_past_its_deadline_gets_504_and_its_work_is_dropped(serve):

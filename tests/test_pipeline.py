@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from tiny_models import TINY_IMAGE_TOKENIZER, tiny_pipeline
 
+from generation.interrupt import Interrupted, stop_when
 from generation.pipeline import UniTokPipeline
 from tokenizer.model import VQTokenizer
 from unitok.errors import UserError
@@ -391,3 +392,34 @@ def test_a_rewrite_too_unsure_to_draw_still_reports_the_lms_words(pipe, monkeypa
     assert [r.text for r in refused] == PROMPTS and not any(r.accepted for r in refused)
     assert [r.restatement for r in refused] == [r.restatement for r in trusted]
     assert all(r.text == r.restatement for r in trusted if r.accepted)
+
+
+class StopAfter:
+    """A stop check that turns true on its ``calls``-th call, counting how often it was asked."""
+
+    def __init__(self, calls: int) -> None:
+        self.calls, self.asked = calls, 0
+
+    def __call__(self) -> bool:
+        self.asked += 1
+        return self.asked >= self.calls
+
+
+@pytest.mark.parametrize("task", ["draw", "caption"])
+def test_work_under_a_stop_check_ends_at_the_step_where_it_turns_true(pipe, task):
+    run = {"draw": lambda: pipe(PROMPTS, generator=seeded(2)),
+           "caption": lambda: pipe.caption([Image.new("RGB", (16, 16), "red")], max_new_tokens=12)}[task]
+    never = StopAfter(calls=10**9)
+    with stop_when(never):
+        finished = run()
+    assert never.asked >= 12  # asked once per decoding step
+    fifth = StopAfter(calls=5)
+    with stop_when(fifth), pytest.raises(Interrupted):
+        run()
+    assert fifth.asked == 5
+    again = run()  # outside the block nothing stops it, and the interrupted call left no trace
+    assert type(again) is type(finished)
+    if task == "draw":
+        assert [np.asarray(a).tolist() for a in again.images] == [np.asarray(b).tolist() for b in finished.images]
+    else:
+        assert again == finished

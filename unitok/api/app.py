@@ -10,7 +10,9 @@ what is accepted, ignored and refused.
 Every request's model work goes through a micro-batcher, one per task (captions, answers, edits,
 drawings), all feeding one model thread. Each batcher hands the thread one batch at a time, so
 the tasks take turns: a caption waits for at most the one batch running, never for a queue of
-drawings. A request's queued items are dropped when its client hangs up or its deadline passes.
+drawings; within a task, clients take turns too. A request's queued items are dropped when its
+client hangs up or its deadline passes, and a batch all of whose clients left stops at its next
+decoding step.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from starlette.requests import ClientDisconnect
 
 from unitok.api.access_log import AccessLogMiddleware
 from unitok.api.backend import AnswerJob, CaptionJob, DrawJob, EditJob, ModelBackend
-from unitok.api.batching import ItemResult, MicroBatcher, QueueFull
+from unitok.api.batching import ItemResult, MicroBatcher, OwnerShareFull, QueueFull
 from unitok.api.body_limit import BodyLimitMiddleware
 from unitok.api.chat import VisionRequest, chunk, reply_text, sse, vision_request
 from unitok.api.errors import CLOSE, ApiError, install_error_handlers
@@ -70,11 +72,12 @@ UPSCALE_FILTER = Image.Resampling.NEAREST
 @dataclass(frozen=True)
 class Batching:
     """``max_batch=1`` serves each item alone (batching off); over ``max_queue`` waiting items
-    new requests get 503."""
+    new requests get 503, and a client with ``max_queue_per_client`` items queued or running gets 429."""
 
     max_batch: int = 16
     max_wait_ms: float = 10.0
     max_queue: int = 1024
+    max_queue_per_client: int = 256  # a quarter of the queue: no one client can fill it
 
 
 # Module level so the dependency's annotation resolves (and /docs gets an "Authorize" button).
@@ -99,7 +102,8 @@ def create_app(backend: ModelBackend, *, limits: Limits | None = None, batching:
         # One model thread: the batchers' batches take turns on the same weights.
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unitok-model")
         settings = dict(max_batch=batching.max_batch, max_wait_ms=batching.max_wait_ms,
-                        max_queue=batching.max_queue, executor=executor)
+                        max_queue=batching.max_queue, max_queue_per_owner=batching.max_queue_per_client,
+                        executor=executor)
         batchers = {"captions": MicroBatcher(backend.caption_batch, **settings),
                     "answers": MicroBatcher(backend.answer_batch, **settings),
                     "edits": MicroBatcher(backend.edit_batch, **settings),
@@ -364,7 +368,8 @@ async def _run(request: Request, batcher: MicroBatcher, items: list, timeout_s: 
                watch_disconnect: bool) -> list[ItemResult]:
     """The batcher's results, unless the client hangs up first (its queued items are dropped and
     the access log says 499) or ``timeout_s`` passes (504)."""
-    work = asyncio.ensure_future(_submit(batcher, items))
+    owner = request.client.host if request.client else None  # after --forwarded-allow-ips rewrote it
+    work = asyncio.ensure_future(_submit(batcher, items, owner))
     waiting = {work}
     if watch_disconnect:
         waiting.add(asyncio.ensure_future(_disconnected(request)))
@@ -387,9 +392,12 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def _submit(batcher: MicroBatcher, items: list) -> list[ItemResult]:
+async def _submit(batcher: MicroBatcher, items: list, owner: str | None) -> list[ItemResult]:
     try:
-        return await batcher.submit(items)
+        return await batcher.submit(items, owner)
+    except OwnerShareFull as error:
+        raise ApiError(429, f"too many requests: {error}; wait for your earlier requests", "too_many_requests",
+                       headers={"Retry-After": "1"}) from None
     except QueueFull as error:
         raise ApiError(503, f"server busy: {error}; retry shortly", "server_busy", headers={"Retry-After": "1"}) from None
 

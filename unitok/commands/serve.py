@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how long a batch waits for more requests once it has one (default: %(default)s)")
     parser.add_argument("--max-queue", type=int, default=1024,
                         help="most items waiting for the model; beyond it requests get 503 (default: %(default)s)")
+    parser.add_argument("--max-queue-per-client", type=int, default=256,
+                        help="most items one client address may have queued or running; beyond it its requests get 429 "
+                             "(default: %(default)s)")
     parser.add_argument("--max-body-mb", type=float, default=20.0,
                         help="largest request body in MiB (default: %(default)s)")
     parser.add_argument("--max-images", type=int, default=16,
@@ -82,10 +85,12 @@ def run(args: argparse.Namespace) -> int:
                         body_timeout_s=args.body_timeout_s)
         options = ServerOptions(max_connections=args.max_connections, header_timeout_s=args.header_timeout_s,
                                 keep_alive_s=args.keep_alive_s, forwarded_allow_ips=args.forwarded_allow_ips)
-        batching = Batching(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue)
-        if min(batching.max_batch, batching.max_queue, args.max_caption_tokens) < 1 or batching.max_wait_ms < 0:
-            raise ValueError("--max-batch, --max-queue and --max-caption-tokens must be at least 1, "
-                             "--max-wait-ms non-negative")
+        batching = Batching(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+                            max_queue_per_client=args.max_queue_per_client)
+        if (min(batching.max_batch, batching.max_queue, batching.max_queue_per_client, args.max_caption_tokens) < 1
+                or batching.max_wait_ms < 0):
+            raise ValueError("--max-batch, --max-queue, --max-queue-per-client and --max-caption-tokens must be "
+                             "at least 1, --max-wait-ms non-negative")
     except ValueError as error:
         raise UserError(str(error)) from None
     check_runtime_arguments(args)
