@@ -23,8 +23,8 @@ import torch
 from transformers import PreTrainedModel
 
 from generation.decoder import context_length
-from generation.interrupt import raise_if_stopped
 from generation.sampler import generate_captions
+from generation.step_hook import call_step_hook
 from unitok.lm.image_positions import lm_forward
 from unitok.lm.sequences import (
     captioning_example,
@@ -95,7 +95,7 @@ def prompt_log_likelihood(
         raise ValueError(f"got {len(text_ids)} prompts for {codes.shape[0]} code grids")
     scores = []
     for start in range(0, codes.shape[0], batch_size):
-        raise_if_stopped()
+        call_step_hook()
         examples = [captioning_example(grid, ids, vocab)
                     for grid, ids in zip(codes[start : start + batch_size].cpu(), text_ids[start : start + batch_size], strict=True)]
         batch = {k: v.to(model.device) for k, v in collate(examples, vocab).items()}
@@ -117,7 +117,7 @@ def verification_scores(
     yes, no = vocab.special_id("yes"), vocab.special_id("no")
     scores = []
     for start in range(0, codes.shape[0], batch_size):
-        raise_if_stopped()
+        call_step_hook()
         prompt = verifying_prompt(codes[start : start + batch_size].cpu(), text_ids[start : start + batch_size], vocab)
         logits = lm_forward(model, vocab, prompt.input_ids.to(model.device),
                             attention_mask=prompt.attention_mask.to(model.device),

@@ -17,8 +17,8 @@ from transformers import PreTrainedModel
 
 from generation import llama_decoder
 from generation.decoder import CachedDecoder
-from generation.interrupt import raise_if_stopped
 from generation.settings import SamplingOptions
+from generation.step_hook import call_step_hook
 from generation.token_choice import choose_tokens, guide, uniform_streams
 from unitok.lm.sequences import (
     Prompt,
@@ -102,7 +102,7 @@ def _sample_codes_after(
     codes = torch.empty(rows, steps, dtype=torch.long, device=model.device)
     logits = decoder.prefill()
     for t in range(steps):
-        raise_if_stopped()
+        call_step_hook()
         if scales is not None:
             logits = guide(logits[:rows].float(), logits[rows:].float(), scales)
         codes[:, t] = choose_tokens(logits, uniforms[:, t], options)
@@ -243,7 +243,7 @@ def _generate_text(
     confidence = torch.ones(rows, device=model.device)
     logits = decoder.prefill()
     for t in range(max_new_tokens):
-        raise_if_stopped()
+        call_step_hook()
         logits = logits.float().masked_fill(banned, -torch.inf)
         chosen = choose_tokens(logits, uniforms[:, t], options).masked_fill_(finished, vocab.eos_id)
         probability = logits.softmax(-1).gather(1, chosen[:, None]).squeeze(1)

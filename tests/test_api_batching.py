@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from generation.interrupt import Interrupted, raise_if_stopped, stop_when
+from generation.step_hook import Interrupted, call_step_hook, step_hook
 from unitok.api.batching import MicroBatcher, OwnerShareFull, QueueFull
+from unitok.api.model_worker import ModelWorker
 
 
 class RecordingSquarer:
@@ -34,14 +34,15 @@ class RecordingSquarer:
 def run_with_batcher(model, max_batch: int, max_wait_ms: float, scenario, max_queue: int = 1024,
                      max_queue_per_owner: int | None = None):
     async def main():
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="model") as executor:
-            batcher = MicroBatcher(model, max_batch=max_batch, max_wait_ms=max_wait_ms, executor=executor,
-                                   max_queue=max_queue, max_queue_per_owner=max_queue_per_owner)
-            batcher.start()
-            try:
-                return await scenario(batcher)
-            finally:
-                await batcher.stop()
+        worker = ModelWorker(thread_name_prefix="model")
+        batcher = MicroBatcher(model, max_batch=max_batch, max_wait_ms=max_wait_ms, worker=worker,
+                               max_queue=max_queue, max_queue_per_owner=max_queue_per_owner)
+        batcher.start()
+        try:
+            return await scenario(batcher)
+        finally:
+            await batcher.stop()
+            worker.shutdown()
 
     return asyncio.run(main())
 
@@ -133,7 +134,7 @@ def test_a_full_queue_refuses_at_once_instead_of_piling_up():
 
 
 class SteppingSquarer(RecordingSquarer):
-    """Squares numbers in ``steps`` decoding steps, each checking ``raise_if_stopped`` as the
+    """Squares numbers in ``steps`` decoding steps, each calling ``call_step_hook`` as the
     pipeline's decoding loops do; records how many steps each batch ran."""
 
     def __init__(self, steps: int = 40, step_s: float = 0.02) -> None:
@@ -145,7 +146,7 @@ class SteppingSquarer(RecordingSquarer):
         self.batches.append(list(items))
         self.steps_run.append(0)
         for _ in range(self.steps):
-            raise_if_stopped()
+            call_step_hook()
             time.sleep(self.step_s)
             self.steps_run[-1] += 1
         return [x * x for x in items]
@@ -183,13 +184,20 @@ def test_a_batch_with_one_caller_left_runs_to_the_end():
     assert model.batches == [[1, 2]] and model.steps_run == [20]
 
 
-def test_outside_a_batcher_the_stop_check_is_a_no_op_and_inside_it_obeys_its_check():
-    raise_if_stopped()
-    with stop_when(lambda: False):
-        raise_if_stopped()
-    with stop_when(lambda: True), pytest.raises(Interrupted):
-        raise_if_stopped()
-    raise_if_stopped()  # the check ends with its block
+def test_outside_a_step_hook_block_the_call_is_a_no_op_and_a_nested_block_replaces_the_hook():
+    calls = []
+
+    def stop() -> None:
+        raise Interrupted("stop")
+
+    call_step_hook()
+    with step_hook(lambda: calls.append("outer")):
+        call_step_hook()
+        with step_hook(stop), pytest.raises(Interrupted):
+            call_step_hook()
+        call_step_hook()
+    call_step_hook()  # the hook ends with its block
+    assert calls == ["outer", "outer"]
 
 
 def test_a_batch_takes_its_items_from_the_waiting_clients_in_turn():
@@ -227,3 +235,31 @@ def test_one_client_cannot_take_more_than_its_share_of_the_queue():
 
     results = run_with_batcher(model, max_batch=4, max_wait_ms=0, scenario=scenario, max_queue_per_owner=3)
     assert [[r.value for r in result] for result in results] == [[1], [4, 9], [25, 36], [49, 64]]
+
+
+def test_urgent_work_runs_between_the_steps_of_a_running_batch():
+    drawing = SteppingSquarer(steps=50, step_s=0.02)  # 1 s per batch
+    captioning = RecordingSquarer(delay_s=0.01)
+
+    async def main():
+        worker = ModelWorker(thread_name_prefix="model")
+        slow = MicroBatcher(drawing, max_batch=4, max_wait_ms=0, worker=worker)
+        fast = MicroBatcher(captioning, max_batch=4, max_wait_ms=0, worker=worker, urgent=True)
+        slow.start()
+        fast.start()
+        try:
+            long = asyncio.ensure_future(slow.submit([1, 2]))
+            await asyncio.sleep(0.1)  # the long batch is running
+            started = time.perf_counter()
+            [short] = await fast.submit([3])
+            waited = time.perf_counter() - started
+            return await long, short, waited
+        finally:
+            await slow.stop()
+            await fast.stop()
+            worker.shutdown()
+
+    long, short, waited = asyncio.run(main())
+    assert short.value == 9 and [r.value for r in long] == [1, 4]
+    assert waited < 0.3  # a step and its own batch, not the ~0.9 s left of the long one
+    assert drawing.steps_run == [50] and captioning.threads == {"model_0"}

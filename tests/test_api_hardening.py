@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 from tiny_models import tiny_pipeline
 
-from generation.interrupt import raise_if_stopped
+from generation.step_hook import call_step_hook
 from unitok.api import images as api_images
 from unitok.api.app import Batching, create_app
 from unitok.api.backend import AnswerJob, CaptionJob, DrawJob, DrawnImage, EditJob
@@ -246,7 +246,7 @@ def test_work_of_a_client_that_hung_up_is_not_done(serve):
 
 
 class SteppingBackend(SlowBackend):
-    """Draws in ``steps`` decoding steps that check ``raise_if_stopped``, as the pipeline's loops do."""
+    """Draws in ``steps`` decoding steps that call ``call_step_hook``, as the pipeline's loops do."""
 
     def __init__(self, steps: int, step_s: float) -> None:
         super().__init__()
@@ -254,7 +254,7 @@ class SteppingBackend(SlowBackend):
 
     def draw_batch(self, jobs: list[DrawJob]) -> list[DrawnImage]:
         for _ in range(self.steps):
-            raise_if_stopped()
+            call_step_hook()
             time.sleep(self.step_s)
         return super().draw_batch(jobs)
 
@@ -278,6 +278,24 @@ def test_a_running_generation_is_stopped_when_its_clients_hang_up(serve):
     assert asyncio.run(scenario()) < 0.5  # not the ~1.7 s left of the abandoned batch
     health = httpx.get(f"{url}/healthz", timeout=5).json()["batching"]["generations"]
     assert health["interrupted"] == 1 and health["items"] == 0 and backend.drawn == [], health
+
+
+def test_a_caption_runs_between_the_steps_of_a_running_generation(serve):
+    backend = SteppingBackend(steps=100, step_s=0.02)  # 2 s per batch
+    url = serve(backend, batching=Batching(max_batch=8, max_wait_ms=0))
+
+    async def scenario() -> float:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            drawing = asyncio.ensure_future(client.post("/v1/images/generations", json={"prompt": "a", "n": 8}))
+            await asyncio.sleep(0.3)  # its batch is running, and its client waits for it
+            started = time.monotonic()
+            caption = await client.post("/v1/captions", files=[("images", ("a.png", png(16), "image/png"))])
+            waited = time.monotonic() - started
+            assert caption.status_code == 200 and (await drawing).status_code == 200
+            return waited
+
+    assert asyncio.run(scenario()) < 0.5  # not the ~1.7 s left of the drawing batch
+    assert len(backend.drawn) == 8
 
 
 def test_one_client_gets_429_beyond_its_share_of_the_queue(serve):

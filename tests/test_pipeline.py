@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from tiny_models import TINY_IMAGE_TOKENIZER, tiny_pipeline
 
-from generation.interrupt import Interrupted, stop_when
 from generation.pipeline import UniTokPipeline
+from generation.step_hook import Interrupted, step_hook
 from tokenizer.model import VQTokenizer
 from unitok.errors import UserError
 from unitok.lm.image_positions import detached_image_positions, image_position_table
@@ -395,31 +395,50 @@ def test_a_rewrite_too_unsure_to_draw_still_reports_the_lms_words(pipe, monkeypa
 
 
 class StopAfter:
-    """A stop check that turns true on its ``calls``-th call, counting how often it was asked."""
+    """A step hook that raises ``Interrupted`` on its ``calls``-th call, counting its calls."""
 
     def __init__(self, calls: int) -> None:
         self.calls, self.asked = calls, 0
 
-    def __call__(self) -> bool:
+    def __call__(self) -> None:
         self.asked += 1
-        return self.asked >= self.calls
+        if self.asked >= self.calls:
+            raise Interrupted("enough")
 
 
 @pytest.mark.parametrize("task", ["draw", "caption"])
-def test_work_under_a_stop_check_ends_at_the_step_where_it_turns_true(pipe, task):
+def test_work_under_a_step_hook_calls_it_every_step_and_ends_where_it_raises(pipe, task):
     run = {"draw": lambda: pipe(PROMPTS, generator=seeded(2)),
            "caption": lambda: pipe.caption([Image.new("RGB", (16, 16), "red")], max_new_tokens=12)}[task]
     never = StopAfter(calls=10**9)
-    with stop_when(never):
+    with step_hook(never):
         finished = run()
-    assert never.asked >= 12  # asked once per decoding step
+    assert never.asked >= 12  # called once per decoding step
     fifth = StopAfter(calls=5)
-    with stop_when(fifth), pytest.raises(Interrupted):
+    with step_hook(fifth), pytest.raises(Interrupted):
         run()
     assert fifth.asked == 5
     again = run()  # outside the block nothing stops it, and the interrupted call left no trace
-    assert type(again) is type(finished)
     if task == "draw":
         assert [np.asarray(a).tolist() for a in again.images] == [np.asarray(b).tolist() for b in finished.images]
     else:
         assert again == finished
+
+
+def test_captions_run_between_the_steps_of_a_drawing_change_neither():
+    """What the server does to serve captions beside drawings (``unitok.api.model_worker``)."""
+    pipe = tiny_pipeline(initializer_range=0.3)
+    pipe.set_progress_bar_config(disable=True)
+    images = [Image.new("RGB", (16, 16), color) for color in ("red", "blue", "white")]
+    alone_drawing = pipe(PROMPTS, generator=seeded(2)).images
+    alone_captions = pipe.caption(images, max_new_tokens=10)
+    nested_captions = []
+
+    def caption_between_steps() -> None:
+        with step_hook(lambda: None):  # as the server does: the nested work has its own hook
+            nested_captions.append(pipe.caption(images, max_new_tokens=10))
+
+    with step_hook(caption_between_steps):
+        nested_drawing = pipe(PROMPTS, generator=seeded(2)).images
+    assert len(nested_captions) >= 16 and all(c == alone_captions for c in nested_captions)
+    assert [np.asarray(a).tolist() for a in nested_drawing] == [np.asarray(b).tolist() for b in alone_drawing]

@@ -9,8 +9,9 @@ what is accepted, ignored and refused.
 
 Every request's model work goes through a micro-batcher, one per task (captions, answers, edits,
 drawings), all feeding one model thread. Each batcher hands the thread one batch at a time, so
-the tasks take turns: a caption waits for at most the one batch running, never for a queue of
-drawings; within a task, clients take turns too. A request's queued items are dropped when its
+the tasks take turns, and captions and answers also run between two decoding steps of a running
+drawing or edit batch: a caption waits for one step, never for a queue of drawings. Within a
+task, clients take turns too. A request's queued items are dropped when its
 client hangs up or its deadline passes, and a batch all of whose clients left stops at its next
 decoding step.
 """
@@ -24,7 +25,6 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from typing import Annotated
@@ -46,6 +46,7 @@ from unitok.api.body_limit import BodyLimitMiddleware
 from unitok.api.chat import VisionRequest, chunk, reply_text, sse, vision_request
 from unitok.api.errors import CLOSE, ApiError, install_error_handlers
 from unitok.api.images import DecodeBudget, Limits, decode_base64_image, decode_base64_text
+from unitok.api.model_worker import ModelWorker
 from unitok.api.request_id import RequestIdMiddleware
 from unitok.api.schemas import (
     MAX_SEED,
@@ -99,13 +100,14 @@ def create_app(backend: ModelBackend, *, limits: Limits | None = None, batching:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # One model thread: the batchers' batches take turns on the same weights.
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unitok-model")
+        # One model thread: the batchers' batches take turns on the same weights, and captions and
+        # answers (a few greedy tokens) may also run between two steps of a drawing or an edit.
+        worker = ModelWorker()
         settings = dict(max_batch=batching.max_batch, max_wait_ms=batching.max_wait_ms,
                         max_queue=batching.max_queue, max_queue_per_owner=batching.max_queue_per_client,
-                        executor=executor)
-        batchers = {"captions": MicroBatcher(backend.caption_batch, **settings),
-                    "answers": MicroBatcher(backend.answer_batch, **settings),
+                        worker=worker)
+        batchers = {"captions": MicroBatcher(backend.caption_batch, urgent=True, **settings),
+                    "answers": MicroBatcher(backend.answer_batch, urgent=True, **settings),
                     "edits": MicroBatcher(backend.edit_batch, **settings),
                     "generations": MicroBatcher(backend.draw_batch, **settings)}
         app.state.batchers = batchers
@@ -117,7 +119,7 @@ def create_app(backend: ModelBackend, *, limits: Limits | None = None, batching:
         finally:
             for batcher in batchers.values():
                 await batcher.stop()
-            executor.shutdown(wait=True)
+            worker.shutdown()
 
     app = FastAPI(
         title="UniTok API",

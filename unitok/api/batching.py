@@ -8,7 +8,9 @@ client address), ``submit`` refuses at once (``QueueFull``, ``OwnerShareFull``).
 Fairness: a batch takes its items from the waiting owners in turn (one each, round after round),
 so one client's many queued items delay another's by at most one batch, not by the length of its
 backlog. Aborts: a caller that goes away frees its queued items, and a running batch whose callers
-have all gone stops at its next decoding step (``generation.interrupt``).
+have all gone stops at its next decoding step. Priority: an ``urgent`` batcher's batches may run
+inside another batcher's running batch, between two of its decoding steps (``ModelWorker``).
+Both go through the batch's ``generation.step_hook``.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Hashable, Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from generation.interrupt import Interrupted, stop_when
+from generation.step_hook import Interrupted, step_hook
+from unitok.api.model_worker import ModelWorker
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -66,7 +68,8 @@ class MicroBatcher(Generic[T, R]):
     """Runs ``run_batch(items) -> results`` (same length, same order) on coalesced items."""
 
     def __init__(self, run_batch: Callable[[list[T]], list[R]], *, max_batch: int, max_wait_ms: float,
-                 executor: Executor, max_queue: int = 1024, max_queue_per_owner: int | None = None) -> None:
+                 worker: ModelWorker, urgent: bool = False, max_queue: int = 1024,
+                 max_queue_per_owner: int | None = None) -> None:
         max_queue_per_owner = max_queue if max_queue_per_owner is None else max_queue_per_owner
         if min(max_batch, max_queue, max_queue_per_owner) < 1:
             raise ValueError("max_batch, max_queue and max_queue_per_owner must be at least 1, got "
@@ -79,22 +82,23 @@ class MicroBatcher(Generic[T, R]):
         self.max_queue_per_owner = max_queue_per_owner
         self.stats = BatchStats()
         self._run_batch = run_batch
-        self._executor = executor
+        self._worker = worker
+        self.urgent = urgent
         self._pending: deque[_Pending[T]] = deque()
         self._in_flight_per_owner: Counter[Hashable] = Counter()
         self._arrived: asyncio.Event | None = None
-        self._worker: asyncio.Task | None = None
+        self._task: asyncio.Task | None = None
 
     def start(self) -> None:
         """Start the worker on the running event loop (call from the server's startup)."""
         self._arrived = asyncio.Event()
-        self._worker = asyncio.get_running_loop().create_task(self._work(), name="micro-batcher")
+        self._task = asyncio.get_running_loop().create_task(self._work(), name="micro-batcher")
 
     async def stop(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
-            self._worker = None
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
         while self._pending:
             pending = self._pending.popleft()
             if not pending.future.done():
@@ -103,7 +107,7 @@ class MicroBatcher(Generic[T, R]):
     async def submit(self, items: Sequence[T], owner: Hashable = None) -> list[ItemResult[R]]:
         """Queue ``items`` together and wait for all their results (in order). ``owner`` (a client
         address) gets its turn in each batch and at most ``max_queue_per_owner`` items queued or running."""
-        if self._worker is None or self._arrived is None:
+        if self._task is None or self._arrived is None:
             raise RuntimeError("MicroBatcher.start() was not called")
         if len(self._pending) + len(items) > self.max_queue:
             raise QueueFull(f"{len(self._pending)} items are already waiting (the limit is {self.max_queue})")
@@ -125,6 +129,19 @@ class MicroBatcher(Generic[T, R]):
             for p in pending:
                 p.future.cancel()
 
+    def _run_in_model_thread(self, items: list[T], abandoned: threading.Event) -> list[R]:
+        """``run_batch(items)``, which between its decoding steps stops once ``abandoned`` is set
+        and (unless it is urgent itself) lets waiting urgent work run."""
+
+        def between_steps() -> None:
+            if abandoned.is_set():
+                raise Interrupted("every caller of this batch went away")
+            if not self.urgent:
+                self._worker.run_urgent_work()
+
+        with step_hook(between_steps):
+            return self._run_batch(items)
+
     def _owner_item_done(self, owner: Hashable, _future: asyncio.Future) -> None:
         """An item is answered, failed or abandoned: it no longer counts against its owner's share."""
         self._in_flight_per_owner[owner] -= 1
@@ -140,10 +157,10 @@ class MicroBatcher(Generic[T, R]):
             if not batch:
                 continue
             abandoned = _all_done_event([p.future for p in batch])
-            run = functools.partial(_run_until, abandoned.is_set, self._run_batch, [p.item for p in batch])
+            run = functools.partial(self._run_in_model_thread, [p.item for p in batch], abandoned)
             started = time.perf_counter()
             try:
-                values = await loop.run_in_executor(self._executor, run)
+                values = await asyncio.wrap_future(self._worker.submit(run, urgent=self.urgent), loop=loop)
                 if len(values) != len(batch):
                     raise RuntimeError(f"model returned {len(values)} results for {len(batch)} items")
             except Interrupted:  # every caller of this batch went away: nobody to answer
@@ -216,9 +233,3 @@ def _all_done_event(futures: list[asyncio.Future]) -> threading.Event:
     for future in futures:
         future.add_done_callback(one_done)
     return event
-
-
-def _run_until(should_stop: Callable[[], bool], run_batch: Callable[[list[T]], list[R]], items: list[T]) -> list[R]:
-    """``run_batch(items)`` in the model thread, stopping early (``Interrupted``) once ``should_stop()``."""
-    with stop_when(should_stop):
-        return run_batch(items)
