@@ -7,6 +7,9 @@ memory is read from ``/proc/PID/status`` (Linux): ``VmRSS`` now and ``VmHWM`` (t
 
     .venv/bin/python scripts/probe_api.py                 # the embedded default model
     .venv/bin/python scripts/probe_api.py --model DIR     # a saved pipeline folder
+
+To probe an older checkout's server (a before/after comparison), run it with that checkout first
+on ``PYTHONPATH``: the server subprocess inherits it.
 """
 
 from __future__ import annotations
@@ -70,11 +73,14 @@ def start_server(model: str | None, port: int, file_limit: int, log: Path) -> su
     raise SystemExit(f"the server did not answer /healthz within 180 s; see {log}")
 
 
-def healthz_seconds(url: str) -> float:
+def healthz_answer(url: str) -> str:
+    """How ``/healthz`` answered: its time, or what went wrong (an older server may not answer)."""
     started = time.perf_counter()
-    response = httpx.get(f"{url}/healthz", timeout=30)
-    response.raise_for_status()
-    return time.perf_counter() - started
+    try:
+        response = httpx.get(f"{url}/healthz", timeout=30)
+    except httpx.HTTPError as error:
+        return f"did not answer ({type(error).__name__} after {time.perf_counter() - started:.1f} s)"
+    return f"answered {response.status_code} in {time.perf_counter() - started:.3f} s"
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -100,12 +106,12 @@ def probe_connections(url: str, port: int, log: Path, silent: int, stalled: int)
         sockets.append(upload)
     opened = len(sockets)
     time.sleep(15)
-    seconds = healthz_seconds(url)
+    answer = healthz_answer(url)
     for held in sockets:
         held.close()
     grown = (log.stat().st_size - log_before) / 2**20
     print(f"connections: {opened} held open ({silent} silent asked, {stalled} stalled uploads); 15 s later "
-          f"/healthz answered in {seconds:.3f} s; the log grew {grown:.3f} MiB")
+          f"/healthz {answer}; the log grew {grown:.3f} MiB")
 
 
 async def probe_bombs(url: str, pid: int, concurrent: int, per_request: int, side: int) -> None:
@@ -164,9 +170,14 @@ def main() -> None:
         server = start_server(args.model, port, args.file_limit, log)
         try:
             print(f"server pid {server.pid}, file limit {args.file_limit}, RSS {memory_mb(server.pid)['VmRSS']:.0f} MiB idle")
-            probe_connections(url, port, log, args.silent, args.stalled)
-            asyncio.run(probe_bombs(url, server.pid, 4, 16, args.bomb_side))
-            asyncio.run(probe_abandoned(url, 10, 8))
+            probes = {"connections": lambda: probe_connections(url, port, log, args.silent, args.stalled),
+                      "bombs": lambda: asyncio.run(probe_bombs(url, server.pid, 4, 16, args.bomb_side)),
+                      "abandoned": lambda: asyncio.run(probe_abandoned(url, 10, 8))}
+            for name, probe in probes.items():
+                try:
+                    probe()
+                except (httpx.HTTPError, OSError) as error:  # a server that gave way is a result too
+                    print(f"{name}: the probe failed: {type(error).__name__}: {error}")
         finally:
             server.terminate()
             server.wait(timeout=30)
