@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,16 +26,9 @@ from generation.decoder import context_length
 from generation.image_tasks import ImageTasksMixin
 from generation.outputs import Generators, UniTokPipelineOutput, check_call, per_row
 from generation.rerank import candidate_generators, rerank, verification_scores
-from generation.sampler import (
-    generate_rewrites,
-    sample_image_codes,
-)
-from generation.settings import (
-    CONSISTENCY_WARNING,
-    REWRITE_CONFIDENCE,
-    DrawSettings,
-    check_can_rewrite,
-)
+from generation.rewriting import PromptRewrite, drawing_warnings, restate
+from generation.sampler import sample_image_codes
+from generation.settings import REWRITE_CONFIDENCE, DrawSettings, check_can_rewrite
 from tokenizer.images import tensor_to_pil
 from tokenizer.model import VQTokenizer
 from unitok.atomic import atomic_directory
@@ -44,24 +36,11 @@ from unitok.default_model import resolve_model_dir
 from unitok.errors import UserError
 from unitok.lm.image_positions import image_positions_saved_apart, load_image_positions
 from unitok.lm.model import check_parts, load_unified_lm
-from unitok.lm.sequences import prompt_room, rewrite_budget
-from unitok.lm.text_tokenizer import decode_text, encode_text
+from unitok.lm.sequences import prompt_room
+from unitok.lm.text_tokenizer import encode_text
 from unitok.vocabulary import UnifiedVocabulary
 
 logger = logging.getLogger(__name__)
-
-
-
-@dataclass(frozen=True)
-class PromptRewrite:
-    """How the LM restated a prompt: ``text`` is what is drawn (the prompt itself where the rewrite
-    was not confident, empty or unfinished), ``unknown`` what it says it cannot draw,
-    ``restatement`` the LM's own words whether used or not ("" when unfinished)."""
-
-    text: str
-    unknown: str
-    accepted: bool
-    restatement: str = ""
 
 
 class UniTokPipeline(ImageTasksMixin, DiffusionPipeline):
@@ -253,8 +232,8 @@ class UniTokPipeline(ImageTasksMixin, DiffusionPipeline):
         if self.vocabulary.has("verify"):
             per_image = judged_ids[::candidates]
             consistency = verification_scores(self.lm, self.vocabulary, codes, per_image, batch_size).tolist()
-        warnings = [_warnings(r, consistency[i * num_images_per_prompt : (i + 1) * num_images_per_prompt]
-                              if consistency else [])
+        warnings = [drawing_warnings(r, consistency[i * num_images_per_prompt : (i + 1) * num_images_per_prompt]
+                                     if consistency else [])
                     for i, r in enumerate(rewrites)]
 
         images = codes if output_type == "latent" else self.decode_codes(codes, output_type)
@@ -275,29 +254,15 @@ class UniTokPipeline(ImageTasksMixin, DiffusionPipeline):
         return [r.text for r in self.rewrites(prompts, batch_size)]
 
     @torch.inference_mode()
-    def rewrites(self, prompts: str | Sequence[str], batch_size: int = 16) -> list[PromptRewrite]:
-        """How the LM restates each prompt, and what it says it cannot draw.
-
-        The guard against a rewrite that adds, drops or changes what a prompt says: a restatement
-        is used only when the LM chose every token of it with probability at least
-        ``REWRITE_CONFIDENCE`` (a hallucinated object or background is a guess, and a guess is
-        unsure) and it ends, within ``rewrite_budget`` tokens, in something that fits beside an image.
-        """
+    def rewrites(self, prompts: str | Sequence[str], batch_size: int = 16,
+                 min_confidence: float = REWRITE_CONFIDENCE) -> list[PromptRewrite]:
+        """How the LM restates each prompt, and what it says it cannot draw; a restatement is
+        drawn from only where every token of it was chosen at least ``min_confidence`` sure
+        (``generation.rewriting``)."""
         check_can_rewrite(self.vocabulary)
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         text_ids = [self.encode_prompt(text) for text in prompts]
-        budget = rewrite_budget(self.vocabulary, context_length(self.lm))
-        room = prompt_room(self.vocabulary, context_length(self.lm))
-        results = []
-        for start in range(0, len(text_ids), batch_size):
-            chunk = generate_rewrites(self.lm, self.vocabulary, text_ids[start : start + batch_size], max_new_tokens=budget)
-            for prompt, rewrite in zip(prompts[start : start + batch_size], chunk, strict=True):
-                text = decode_text(self.text_tokenizer, rewrite.ids) if rewrite.finished else ""
-                unknown = decode_text(self.text_tokenizer, rewrite.unknown) if rewrite.finished else ""
-                accepted = bool(text) and rewrite.confidence >= REWRITE_CONFIDENCE and (
-                    room is None or len(encode_text(self.text_tokenizer, text)) <= room)
-                results.append(PromptRewrite(text if accepted else prompt, unknown, accepted, text))
-        return results
+        return restate(self.lm, self.vocabulary, self.text_tokenizer, prompts, text_ids, batch_size, min_confidence)
 
     def encode_prompt(self, prompt: str) -> list[int]:
         """Prompt text -> text ids, checked to fit the LM's context beside a whole image."""
@@ -322,11 +287,4 @@ class UniTokPipeline(ImageTasksMixin, DiffusionPipeline):
             return tensor_to_pil(pixels)
         unit = pixels.add(1.0).div(2.0).clamp(0.0, 1.0).cpu()  # diffusers' convention: [0, 1]
         return unit if output_type == "pt" else unit.permute(0, 2, 3, 1).numpy()
-
-
-def _warnings(rewrite: PromptRewrite, consistency: list[float]) -> list[str]:
-    notes = [f"the model cannot draw {rewrite.unknown!r}; it drew the rest of the prompt"] if rewrite.unknown else []
-    notes += [f"image {k} matches the prompt poorly (consistency {score:.2f})"
-              for k, score in enumerate(consistency) if score < CONSISTENCY_WARNING]
-    return notes
 

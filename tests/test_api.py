@@ -151,7 +151,7 @@ def test_generation_returns_seeded_pngs_independent_of_the_batch(client, backend
 def test_a_model_that_rewrites_prompts_reports_what_it_drew(client, backend, monkeypatch):
     restated = "a large blue square at the top left on a white background"
     # What a trained rewriter would do (the tiny random LM restates nothing).
-    from generation.pipeline import PromptRewrite
+    from generation.rewriting import PromptRewrite
 
     monkeypatch.setattr(backend.pipeline, "rewrites",
                         lambda prompts, batch_size=16: [PromptRewrite(restated, "", True)] * len(prompts))

@@ -90,7 +90,8 @@ def test_reranking_flags_reach_the_pipeline(capsys, model_dir, tmp_path):
 
 def test_rewriting_flag_reaches_the_pipeline_and_the_drawn_prompt_is_reported(capsys, model_dir, tmp_path,
                                                                                monkeypatch):
-    from generation.pipeline import PromptRewrite, UniTokPipeline
+    from generation.pipeline import UniTokPipeline
+    from generation.rewriting import PromptRewrite
 
     def restate_the_second_line(self, prompts, batch_size=16):  # what a trained rewriter would do
         return [PromptRewrite(prompts[0], "", False),
@@ -187,10 +188,10 @@ def test_command_modules_do_not_import_heavy_libraries():
 
 
 def test_the_models_warnings_go_to_stderr(capsys, model_dir, tmp_path, monkeypatch):
-    import generation.pipeline
+    import generation.rewriting
     from generation.pipeline import UniTokPipeline
 
-    monkeypatch.setattr(generation.pipeline, "CONSISTENCY_WARNING", 1.0)  # every image is a poor match
+    monkeypatch.setattr(generation.rewriting, "CONSISTENCY_WARNING", 1.0)  # every image is a poor match
 
     pipe = UniTokPipeline.from_pretrained(model_dir)
     pipe.set_progress_bar_config(disable=True)

@@ -321,7 +321,7 @@ class Restating(UniTokPipeline):
     restatement = "a large red circle at the top on a black background"
 
     def rewrites(self, prompts, batch_size=16):
-        from generation.pipeline import PromptRewrite
+        from generation.rewriting import PromptRewrite
 
         self.asked = list(prompts)
         return [PromptRewrite(self.restatement, "", True), *(PromptRewrite(p, "", False) for p in prompts[1:])]
@@ -382,13 +382,9 @@ def test_rewrite_prompts_tells_a_finished_rewrite_from_one_cut_at_the_limit(pipe
     assert [r.finished for r in generate_rewrites(lm, pipe.vocabulary, text_ids, max_new_tokens=5)] == [False, False]
 
 
-def test_a_rewrite_too_unsure_to_draw_still_reports_the_lms_words(pipe, monkeypatch):
-    import generation.pipeline
-
-    monkeypatch.setattr(generation.pipeline, "REWRITE_CONFIDENCE", 0.0)
-    trusted = pipe.rewrites(PROMPTS)
-    monkeypatch.setattr(generation.pipeline, "REWRITE_CONFIDENCE", 1.01)  # nothing is that sure
-    refused = pipe.rewrites(PROMPTS)
+def test_a_rewrite_too_unsure_to_draw_still_reports_the_lms_words(pipe):
+    trusted = pipe.rewrites(PROMPTS, min_confidence=0.0)
+    refused = pipe.rewrites(PROMPTS, min_confidence=1.01)  # nothing is that sure
     assert [r.text for r in refused] == PROMPTS and not any(r.accepted for r in refused)
     assert [r.restatement for r in refused] == [r.restatement for r in trusted]
     assert all(r.text == r.restatement for r in trusted if r.accepted)
