@@ -33,6 +33,7 @@ from tokenizer.data import TokenizerDataModule
 from tokenizer.images import pil_to_tensor
 from tokenizer.model import TokenizerOutput
 from tokenizer.training import TokenizerModule, psnr
+from unitok.precision import training_precision
 
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "retina")
 
@@ -57,7 +58,7 @@ class StockVQ(nn.Module):
         latents = self.vq.encode(images).latents
         quantized, loss, (_, _, indices) = self.vq.quantize(latents)
         reconstruction = self.vq.decode(quantized, force_not_quantize=True).sample
-        return TokenizerOutput(reconstruction, indices.long(), loss)
+        return TokenizerOutput(reconstruction, indices.long(), loss, latents)
 
 
 def train(config: dict, tokenizer: nn.Module | None, args: argparse.Namespace, root: Path) -> TokenizerModule:
@@ -68,7 +69,7 @@ def train(config: dict, tokenizer: nn.Module | None, args: argparse.Namespace, r
     data = TokenizerDataModule(**{**config["data"], "train_shards": args.train_shards, "val_shards": args.val_shards,
                                   "seed": args.seed})
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, precision=config["trainer"].get("precision", "32"), max_steps=args.steps,
+        accelerator="cpu", devices=1, precision=config["trainer"].get("precision") or training_precision("cpu")[0], max_steps=args.steps,
         limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
     )

@@ -30,6 +30,7 @@ LAYERS = {
     "unitok.errors": "core",
     "unitok.atomic": "core",
     "unitok.schedules": "core",
+    "unitok.precision": "core",
     "unitok.callbacks": "core",
     "unitok.lightning_runs": "core",
     "unitok.lazy_exports": "core",

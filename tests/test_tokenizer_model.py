@@ -100,6 +100,8 @@ def test_every_quantizer_trains_a_step_and_round_trips_codes(settings, codes_sha
 def test_unknown_quantizer_and_bad_sizes_are_rejected():
     with pytest.raises(ValueError, match="quantizer must be one of"):
         tiny(quantizer="gumbel")
+    with pytest.raises(ValueError, match="encoder_type must be one of"):
+        tiny(encoder_type="vit")
     with pytest.raises(ValueError, match="power-of-two"):
         tiny(quantizer="lfq", codebook_size=100)
     with pytest.raises(ValueError, match="divisible"):
@@ -126,3 +128,33 @@ def test_downscale_is_antialiased():
     checker = (np.indices((128, 128)).sum(0) % 2 * 255).astype(np.uint8)
     small = np.asarray(square_resize(Image.fromarray(checker).convert("RGB"), 32)).astype(float)
     assert abs(small.mean() - 127.5) < 3 and small.std() < 10
+
+
+def test_a_patch_encoder_code_depends_on_its_own_patch_only():
+    """encoder_type="patch": a code is a function of its 2x2 patch (TINY's factor) and nothing else:
+    the same patch gets the same code anywhere, and changing other pixels changes no other code."""
+    model = tiny(encoder_type="patch", quantizer="fsq", fsq_levels=(4, 4, 4)).eval()
+    x = images(1)
+    codes = model.encode(x)
+    changed = x.clone()
+    changed[:, :, :8, :8] = -x[:, :, :8, :8]  # the top-left 4x4 codes' patches only
+    after = model.encode(changed)
+    outside = torch.ones(16, 16, dtype=torch.bool)
+    outside[:4, :4] = False
+    assert torch.equal(after[0][outside], codes[0][outside])
+    moved = x.clone()
+    moved[:, :, 10:12, 20:22] = x[:, :, 0:2, 0:2]  # the top-left patch copied to cell (5, 10)
+    assert model.encode(moved)[0, 5, 10] == codes[0, 0, 0]
+
+
+def test_rounding_inputs_round_to_the_codes():
+    model = tiny(encoder_type="patch", quantizer="fsq", fsq_levels=(5, 4, 3)).eval()
+    x = images(2)
+    with torch.no_grad():
+        levels = model.rounding_inputs(model.encoder(x)).round()
+    # FSQ's index of the rounded levels: mixed radix over (5, 4, 3), each level shifted to start at 0
+    digits = levels + torch.tensor([2.0, 2.0, 1.0])
+    index = digits[..., 0] + 5 * digits[..., 1] + 20 * digits[..., 2]
+    assert torch.equal(index.long().view(2, 16, 16), model.encode(x))
+    with pytest.raises(ValueError, match="fsq"):
+        tiny(quantizer="vq").rounding_inputs(torch.zeros(1, TINY["latent_channels"], 16, 16))

@@ -164,3 +164,35 @@ def test_random_crops_for_photos_are_resized_and_vary():
     whole = ImageTransform(32, random_crop=False)
     assert torch.equal(whole(photo), whole(photo))
     assert -1 <= float(first.min()) and float(first.max()) <= 1
+
+
+def test_consistency_trains_the_clean_view_and_reports_code_agreement(shards, tmp_path):
+    """With (rendering, clean render) batches and a consistency weight, the clean view is
+    reconstructed too and the rendering's latents are pulled into the clean view's code bins."""
+    tokenizer = {**TINY, "quantizer": "fsq", "fsq_levels": (4, 4, 4), "encoder_type": "patch"}
+    trainer(tmp_path, max_steps=4).fit(module(tokenizer=tokenizer, consistency_weight=0.1),
+                                       datamodule=data_module(shards, target_view="clean"))
+    metrics = logged_metrics(tmp_path)
+    assert metrics["train/consistency"] and all(value >= 0 for value in metrics["train/consistency"])
+    assert all(0 <= value <= 1 for value in metrics["train/code_agreement"] + metrics["val/code_agreement"])
+
+
+def test_a_decoder_stage_keeps_every_code_and_trains_the_decoder(shards, tmp_path):
+    """train_encoder=False from a pretrained folder: code shards made before the stage stay valid."""
+    from tokenizer.model import VQTokenizer
+    from unitok.errors import UserError
+
+    torch.manual_seed(0)
+    start = VQTokenizer(**{**TINY, "quantizer": "fsq", "fsq_levels": (4, 4, 4), "encoder_type": "patch"})
+    start.save_pretrained(tmp_path / "start")
+    stage = module(pretrained=str(tmp_path / "start"), train_encoder=False, consistency_weight=0.1)
+    trainer(tmp_path / "run", max_steps=3).fit(stage, datamodule=data_module(shards, target_view="clean"))
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    trained = stage.tokenizer.eval()
+    assert torch.equal(trained.encode(x), start.eval().encode(x))
+    assert not torch.allclose(trained.decoder.conv_out.weight, start.decoder.conv_out.weight)
+    assert stage.hparams["tokenizer"]["encoder_type"] == "patch"  # the export rebuilds this model
+    start_vq = VQTokenizer(**TINY)
+    start_vq.save_pretrained(tmp_path / "vq")
+    with pytest.raises(UserError, match="fsq"):
+        module(pretrained=str(tmp_path / "vq"), train_encoder=False)

@@ -1,8 +1,9 @@
 """The VQ image tokenizer, whole: images in [-1, 1] <-> a grid of discrete codes.
 
-diffusers' VQGAN-style ``Encoder``/``Decoder`` and a vector-quantize-pytorch quantizer chosen by
-``quantizer``: ``vq`` (cosine, k-means init, dead-code replacement), ``fsq``, ``lfq`` or
-``residual`` (codes ``[B, h, w, Q]``). A ``ModelMixin`` + ``ConfigMixin`` folder model.
+diffusers' VQGAN-style ``Decoder``, an encoder chosen by ``encoder_type`` (diffusers' ``Encoder``, or
+``PatchEncoder``: each code a function of its own patch alone) and a vector-quantize-pytorch
+quantizer chosen by ``quantizer``: ``vq`` (cosine, k-means init, dead-code replacement), ``fsq``,
+``lfq`` or ``residual`` (codes ``[B, h, w, Q]``). A ``ModelMixin`` + ``ConfigMixin`` folder model.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import nn
 from vector_quantize_pytorch import FSQ, LFQ, ResidualVQ, VectorQuantize
 
 QUANTIZERS = ("vq", "fsq", "lfq", "residual")
+ENCODERS = ("conv", "patch")
 
 
 @dataclass
@@ -34,6 +36,34 @@ class TokenizerOutput:
     reconstruction: torch.Tensor  # [B, 3, H, W], not clamped (the loss sees the raw output)
     codes: torch.Tensor
     aux_loss: torch.Tensor
+    latents: torch.Tensor  # [B, C, h, w], the encoder's output before quantization
+
+
+class PatchEncoder(nn.Module):
+    """Each latent from its own ``patch`` x ``patch`` pixels only: an MLP applied patch by patch
+    (layer norms per patch, so nothing is shared across patches, unlike a GroupNorm).
+
+    Goes beyond diffusers' ``Encoder``, whose receptive field spans the whole image, so that a
+    code depends on what its patch shows and on nothing elsewhere: the same patch always gets the
+    same code, an unchanged region keeps its codes when something else in the image changes, and
+    a language model predicting codes from a description faces a function of the scene, not of
+    how the encoder happened to use context.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, patch: int, width: int, depth: int):
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"a patch encoder needs depth >= 1, got {depth}")
+        self.patch = patch
+        layers: list[nn.Module] = [nn.Linear(in_channels * patch * patch, width)]
+        for _ in range(depth - 1):
+            layers += [nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, width)]
+        layers += [nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, out_channels)]
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        patches = rearrange(images, "b c (h p1) (w p2) -> b h w (c p1 p2)", p1=self.patch, p2=self.patch)
+        return rearrange(self.mlp(patches), "b h w d -> b d h w")
 
 
 class VQTokenizer(ModelMixin, ConfigMixin):
@@ -55,6 +85,9 @@ class VQTokenizer(ModelMixin, ConfigMixin):
         norm_num_groups: int = 8,
         latent_channels: int = 32,
         mid_block_add_attention: bool = False,
+        encoder_type: str = "conv",
+        patch_encoder_width: int = 512,
+        patch_encoder_depth: int = 3,
         quantizer: str = "fsq",
         codebook_size: int = 1024,
         codebook_dim: int = 8,
@@ -70,15 +103,21 @@ class VQTokenizer(ModelMixin, ConfigMixin):
         super().__init__()
         if quantizer not in QUANTIZERS:
             raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {quantizer!r}")
+        if encoder_type not in ENCODERS:
+            raise ValueError(f"encoder_type must be one of {ENCODERS}, got {encoder_type!r}")
         levels = len(block_out_channels)
-        if image_size % 2 ** (levels - 1):
-            raise ValueError(f"image_size {image_size} is not divisible by the downsampling factor {2 ** (levels - 1)}")
-        self.encoder = Encoder(
-            in_channels=in_channels, out_channels=latent_channels,
-            down_block_types=("DownEncoderBlock2D",) * levels, block_out_channels=tuple(block_out_channels),
-            layers_per_block=layers_per_block, norm_num_groups=norm_num_groups, double_z=False,
-            mid_block_add_attention=mid_block_add_attention,
-        )
+        factor = 2 ** (levels - 1)
+        if image_size % factor:
+            raise ValueError(f"image_size {image_size} is not divisible by the downsampling factor {factor}")
+        if encoder_type == "patch":
+            self.encoder = PatchEncoder(in_channels, latent_channels, factor, patch_encoder_width, patch_encoder_depth)
+        else:
+            self.encoder = Encoder(
+                in_channels=in_channels, out_channels=latent_channels,
+                down_block_types=("DownEncoderBlock2D",) * levels, block_out_channels=tuple(block_out_channels),
+                layers_per_block=layers_per_block, norm_num_groups=norm_num_groups, double_z=False,
+                mid_block_add_attention=mid_block_add_attention,
+            )
         self.decoder = Decoder(
             in_channels=latent_channels, out_channels=in_channels,
             up_block_types=("UpDecoderBlock2D",) * levels, block_out_channels=tuple(block_out_channels),
@@ -122,8 +161,9 @@ class VQTokenizer(ModelMixin, ConfigMixin):
     def forward(self, images: torch.Tensor) -> TokenizerOutput:
         """Training pass: reconstruction with straight-through gradients, codes and quantizer loss."""
         self._check_images(images)
-        out = self.quantize_latents(self.encoder(images))
-        return TokenizerOutput(self.decode_latents(out.quantized), out.codes, out.aux_loss)
+        latents = self.encoder(images)
+        out = self.quantize_latents(latents)
+        return TokenizerOutput(self.decode_latents(out.quantized), out.codes, out.aux_loss, latents)
 
     # ------------------------------------------------------------------------------------------
     # Pieces
@@ -153,6 +193,19 @@ class VQTokenizer(ModelMixin, ConfigMixin):
         else:
             codes = rearrange(indices, "b (h w) q -> b h w q", h=h, w=w)
         return QuantizerOutput(quantized, codes.long(), aux)
+
+    def rounding_inputs(self, latents: torch.Tensor) -> torch.Tensor:
+        """What FSQ rounds to pick codes, in units of its levels (``[B, h*w, d]``): two latents get
+        the same code exactly where these round alike. vector-quantize-pytorch keeps this step
+        inside ``FSQ.bound``; it is written out here (same formula) so a loss can pull one view's
+        latents into the bins of another's."""
+        if self.config.quantizer != "fsq":
+            raise ValueError(f"rounding inputs exist for the fsq quantizer only, not {self.config.quantizer!r}")
+        fsq = self.quantize
+        projected = fsq.project_in(rearrange(latents, "b c h w -> b (h w) c").float())
+        half_range = (fsq._levels - 1) * (1 + 1e-3) / 2
+        offset = torch.where(fsq._levels % 2 == 0, 0.5, 0.0)
+        return torch.tanh(projected + torch.atanh(offset / half_range)) * half_range - offset
 
     def codes_to_latents(self, codes: torch.Tensor) -> torch.Tensor:
         expected = 4 if self.config.quantizer == "residual" else 3

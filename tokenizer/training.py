@@ -46,6 +46,10 @@ class TokenizerModule(L.LightningModule):
 
     Args:
         tokenizer: keyword arguments of ``VQTokenizer`` (its config: sizes, quantizer, codebook).
+        pretrained: an exported tokenizer folder to start from instead (its own config is used).
+        train_encoder: False freezes everything that decides the codes (the encoder and FSQ's
+            input projection) and trains the decoder alone: the codes of every image stay as they
+            were, so code shards made with the pretrained tokenizer stay valid (fsq only).
         learning_rate: peak AdamW learning rate of the tokenizer.
         betas, weight_decay: AdamW settings.
         warmup_steps: linear warm-up from 0 to ``learning_rate``.
@@ -57,6 +61,10 @@ class TokenizerModule(L.LightningModule):
         gan_weight: PatchGAN hinge generator-loss weight (0 turns the discriminator off).
         gan_start_step: optimizer step at which the adversarial loss starts.
         disc_learning_rate, disc_channels, disc_layers: the discriminator.
+        consistency_weight: for (input, clean target) batches (``data.target_view``): the clean
+            view is encoded and reconstructed too, and what FSQ rounds for the input is pulled into
+            the clean view's bins with this weight, so every rendering of an image gets the clean
+            image's codes (0: off; fsq only).
         grad_clip: gradient-norm clip of the tokenizer (0: no clipping).
         channels_last: channels-last memory format (faster convolutions on many CPUs).
         grid_images: originals/reconstructions written as a PNG grid at each validation.
@@ -65,6 +73,8 @@ class TokenizerModule(L.LightningModule):
     def __init__(
         self,
         tokenizer: dict[str, Any] | None = None,
+        pretrained: str | None = None,
+        train_encoder: bool = True,
         learning_rate: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.99),
         weight_decay: float = 0.0,
@@ -79,6 +89,7 @@ class TokenizerModule(L.LightningModule):
         disc_learning_rate: float = 1e-4,
         disc_channels: int = 64,
         disc_layers: int = 3,
+        consistency_weight: float = 0.0,
         grad_clip: float = 1.0,
         channels_last: bool = True,
         grid_images: int = 8,
@@ -86,7 +97,20 @@ class TokenizerModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.tokenizer = VQTokenizer(**(tokenizer or {}))
+        if pretrained is not None:
+            try:
+                self.tokenizer = VQTokenizer.from_pretrained(pretrained)
+            except (OSError, ValueError) as error:
+                raise UserError(f"cannot load the tokenizer to start from, {pretrained!r}: {error}") from error
+            # The checkpoint's config is the model's own, so an export rebuilds exactly this model.
+            self.hparams["tokenizer"] = {k: v for k, v in self.tokenizer.config.items() if not k.startswith("_")}
+        else:
+            self.tokenizer = VQTokenizer(**(tokenizer or {}))
+        if not train_encoder:
+            if self.tokenizer.config.quantizer != "fsq":
+                raise UserError("model.train_encoder: false needs an fsq tokenizer (a learned codebook would drift)")
+            self.tokenizer.encoder.requires_grad_(False)
+            self.tokenizer.quantize.project_in.requires_grad_(False)
         if channels_last:
             self.tokenizer.to(memory_format=torch.channels_last)
         self.perceptual = build_perceptual_loss(perceptual_weight, perceptual_weights_path)
@@ -111,8 +135,8 @@ class TokenizerModule(L.LightningModule):
 
     def configure_optimizers(self):
         h = self.hparams
-        generator = torch.optim.AdamW(self.tokenizer.parameters(), lr=h.learning_rate, betas=tuple(h.betas),
-                                      weight_decay=h.weight_decay)
+        trained = [p for p in self.tokenizer.parameters() if p.requires_grad]
+        generator = torch.optim.AdamW(trained, lr=h.learning_rate, betas=tuple(h.betas), weight_decay=h.weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(generator, self._lr_factor)
         if self.discriminator is None:
             return [generator], [schedule]
@@ -139,6 +163,9 @@ class TokenizerModule(L.LightningModule):
     def training_step(self, batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         h = self.hparams
         inputs, images = self._inputs_and_targets(batch)
+        with_clean = h.consistency_weight > 0 and isinstance(batch, tuple | list)
+        if with_clean:  # the clean view learns to reconstruct itself beside the input
+            inputs, images = torch.cat([inputs, images]), torch.cat([images, images])
         optimizers = self.optimizers()
         generator = optimizers[0] if isinstance(optimizers, list) else optimizers
         out = self.tokenizer(inputs)
@@ -149,6 +176,15 @@ class TokenizerModule(L.LightningModule):
             "quantizer": out.aux_loss,
         }
         total = h.l1_weight * losses["l1"] + h.l2_weight * losses["l2"] + losses["quantizer"]
+        if with_clean:
+            # Toward the centre of the clean view's bin: it also keeps the codes few and well apart
+            # (pulling toward the clean view's own value instead used twice the codes, agreed with
+            # the clean codes less often and reconstructed no better: docs/results.md).
+            given, clean = (self.tokenizer.rounding_inputs(half) for half in out.latents.chunk(2))
+            losses["consistency"] = F.mse_loss(given, clean.round().detach())
+            losses["code_agreement"] = (given.round() == clean.round()).all(-1).float().mean().detach()
+            if h.train_encoder:  # a frozen encoder's codes are what they are
+                total = total + h.consistency_weight * losses["consistency"]
         if self.perceptual is not None:
             losses["perceptual"] = self.perceptual(reconstruction, images)
             total = total + h.perceptual_weight * losses["perceptual"]
@@ -222,6 +258,9 @@ class TokenizerModule(L.LightningModule):
         out = self.tokenizer(inputs)
         reconstruction = out.reconstruction.float().clamp(-1, 1)
         self.val_counts += torch.bincount(out.codes.flatten(), minlength=self.tokenizer.codebook_size)
+        if isinstance(batch, tuple | list):  # how often a rendering gets its clean image's code
+            agreement = (out.codes == self.tokenizer.encode(images)).float().mean()
+            self.log("val/code_agreement", agreement, batch_size=images.shape[0], sync_dist=True, prog_bar=True)
         batch = images.shape[0]
         self.log("val/psnr", psnr(reconstruction, images).mean(), batch_size=batch, sync_dist=True, prog_bar=True)
         ssim = structural_similarity_index_measure((reconstruction + 1) / 2, (images + 1) / 2, data_range=1.0)

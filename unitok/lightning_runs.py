@@ -15,12 +15,25 @@ from typing import Any
 
 import torch
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 
 from unitok.errors import UserError
+from unitok.precision import training_precision
+
+
+class UniTokCLI(LightningCLI):
+    """LightningCLI whose trainer gets the fastest precision for its hardware when the config
+    leaves ``trainer.precision`` out (``unitok.precision``), said in one log line."""
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.trainer.precision is None:
+            config.trainer.precision, reason = training_precision(config.trainer.accelerator)
+            rank_zero_info(reason)
 
 
 def launch_cli(module_class: type, datamodule_class: type, args: list[str], *,
-               cli_class: type[LightningCLI] = LightningCLI, run: bool = True,
+               cli_class: type[UniTokCLI] = UniTokCLI, run: bool = True,
                trainer_defaults: dict[str, Any] | None = None) -> LightningCLI:
     """LightningCLI over ``args`` (``fit --config ...``; without the subcommand when ``run=False``).
 

@@ -22,7 +22,7 @@ from unitok.errors import UserError
 from unitok.lm.data import caption_texts
 from unitok.lm.image_positions import attach_image_positions, lm_forward
 from unitok.lm.model import ScratchConfig, build_pretrained_lm, build_scratch_lm
-from unitok.lm.sequences import IGNORE, LOSS_GROUPS, TASKS, next_token_losses
+from unitok.lm.sequences import IGNORE, TASKS, next_token_losses
 from unitok.lm.text_tokenizer import train_bpe_tokenizer
 from unitok.schedules import warmup_cosine_factor
 from unitok.vocabulary import UnifiedVocabulary
@@ -116,24 +116,18 @@ class UnifiedLMModule(L.LightningModule):
         counted = targets != IGNORE
         batch_size = batch["input_ids"].shape[0]
         on_step = stage == "train"
-        # The loss averages one token mean per kind of target (LOSS_GROUPS): a captioning
-        # sequence has ~20 target tokens against 65 for text-to-image, and a plain token mean
-        # would make text learn ~3x slower. Tasks of a kind share theirs, so adding one does not
-        # take a share of the loss from the other kinds.
         for index, task in enumerate(TASKS):
             rows = counted & (batch["task"] == index)[:, None]
             if rows.any():
                 self.log(f"{stage}/loss_{task}", token_loss[rows].mean(), batch_size=batch_size,
                          on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
-        group_losses = []
-        for tasks in LOSS_GROUPS.values():
-            in_group = torch.zeros_like(batch["task"], dtype=torch.bool)
-            for task in tasks:
-                in_group |= batch["task"] == TASKS.index(task)
-            rows = counted & in_group[:, None]
-            if rows.any():
-                group_losses.append(token_loss[rows].mean())
-        loss = torch.stack(group_losses).mean() if group_losses else token_loss.sum() * 0.0
+        # One mean per sequence, then over sequences: every training sequence weighs the same,
+        # whether it has 65 target ids (an image) or one (a verdict), so the task mix alone sets
+        # how much each task counts, in any batch (length-bucketed batches are often one task).
+        targets_per_row = counted.sum(1)
+        has_targets = targets_per_row > 0
+        per_row = (token_loss * counted).sum(1)[has_targets] / targets_per_row[has_targets]
+        loss = per_row.mean() if has_targets.any() else token_loss.sum() * 0.0
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=batch_size, on_step=on_step, on_epoch=not on_step,
                  sync_dist=not on_step)
         for task, metric in (("text_to_image", "image_token_acc"), ("editing", "edit_token_acc")):

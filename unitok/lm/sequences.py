@@ -18,9 +18,6 @@ from unitok.vocabulary import UnifiedVocabulary
 IGNORE = -100  # label of positions that carry no loss (torch cross_entropy's ignore_index)
 WRITTEN_TOKENS = 64  # the most text ids the LM writes on its own for a reading (caption) or a rewrite
 TASKS = ("text_to_image", "captioning", "rewriting", "answering", "verifying", "editing")  # index = ``task``
-# Tasks by the kind of their targets; the training loss averages one token mean per group.
-LOSS_GROUPS = {"image codes": ("text_to_image", "editing"), "text": ("captioning", "rewriting", "answering"),
-               "verdicts": ("verifying",)}
 _TASK_SHARES = ("text_to_image", "rewriting", "answering", "verifying", "editing")  # the rest is captioning
 
 

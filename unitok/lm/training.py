@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from lightning.pytorch.cli import LightningCLI
-
-from unitok.lightning_runs import launch_cli
+from unitok.lightning_runs import UniTokCLI, launch_cli
 from unitok.lm.data import CodeShardDataModule
 from unitok.lm.module import UnifiedLMModule
 
 
-class UnifiedLMCLI(LightningCLI):
+class UnifiedLMCLI(UniTokCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # One place for the training shards: the from-scratch BPE learns the same captions.
         parser.link_arguments("data.train_shards", "model.tokenizer_captions")

@@ -1,0 +1,88 @@
+"""Training throughput of the unified LM: ids/s in each precision, with and without length buckets.
+
+    python scripts/bench_lm_training.py --config configs/lm/shapes-tiny.yaml \
+        --shards data/shapes-codes/train --image-tokenizer runs/shapes64/export \
+        [--precisions 32-true bf16-mixed] [--bucket-widths 0 32] [--steps 30]
+
+The real Lightning loop of the config (data loading included), the same initial weights for every
+setting, timed after the first batches. Prints real ids/s (padding not counted), steps/s and the
+share of positions that are padding, one line per setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback
+
+from unitok.lm.data import CodeShardDataModule
+from unitok.lm.module import UnifiedLMModule
+from unitok.precision import training_precision
+
+WARMUP_BATCHES = 3
+
+
+class Throughput(Callback):
+    """Real ids, padded positions and steps over training batches after WARMUP_BATCHES."""
+
+    def __init__(self):
+        self.start, self.ids, self.positions, self.steps = None, 0, 0, 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == WARMUP_BATCHES:
+            self.start = time.perf_counter()
+        elif batch_idx > WARMUP_BATCHES:
+            self.ids += int(batch["attention_mask"].sum())
+            self.positions += batch["attention_mask"].numel()
+            self.steps += 1
+
+    def on_train_end(self, trainer, pl_module):
+        self.seconds = time.perf_counter() - self.start
+
+
+def bench(module: UnifiedLMModule, data_args: dict, steps: int, precision: str) -> Throughput:
+    throughput = Throughput()
+    trainer = L.Trainer(accelerator="cpu", devices=1, precision=precision, max_steps=steps + WARMUP_BATCHES + 1,
+                        limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[throughput])
+    trainer.fit(module, datamodule=CodeShardDataModule(**data_args))
+    return throughput
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="the LM's YAML config (model and data settings)")
+    parser.add_argument("--shards", required=True, help="code shards to train on")
+    parser.add_argument("--image-tokenizer", required=True, help="the exported image tokenizer of those codes")
+    parser.add_argument("--steps", type=int, default=30, help="timed training steps per setting")
+    parser.add_argument("--precisions", nargs="+", default=None, metavar="PRECISION",
+                        help="Lightning precisions (default: the one the hardware gets, unitok.precision)")
+    parser.add_argument("--bucket-widths", nargs="+", type=int, default=[0, 32], metavar="IDS",
+                        help="data.bucket_width values (0: batches in stream order)")
+    args = parser.parse_args()
+
+    config = yaml.safe_load(Path(args.config).read_text())
+    model_args = {**config["model"], "image_tokenizer": args.image_tokenizer, "tokenizer_captions": args.shards,
+                  "bpe_max_samples": 5000}
+    start = UnifiedLMModule(**model_args)
+    precisions = args.precisions or [training_precision("cpu")[0]]
+    print(f"{args.config}: {sum(p.numel() for p in start.model.parameters()) / 1e6:.2f}M parameters, "
+          f"batch {config['data']['batch_size']}, torch threads {torch.get_num_threads()}")
+    for precision, width in itertools.product(precisions, args.bucket_widths):
+        data_args = {**config["data"], "train_shards": args.shards, "val_shards": None, "bucket_width": width,
+                     "num_workers": 0}
+        result = bench(copy.deepcopy(start), data_args, args.steps, precision)
+        padding = 1 - result.ids / result.positions
+        print(f"  {precision:>10}  bucket width {width:>3}: {result.ids / result.seconds:8.0f} ids/s  "
+              f"{result.steps / result.seconds:5.2f} steps/s  padding {padding:6.1%}")
+
+
+if __name__ == "__main__":
+    main()
