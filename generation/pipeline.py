@@ -131,12 +131,14 @@ class UniTokPipeline(ImageTasksMixin, DiffusionPipeline):
         self.image_tokenizer.to(torch.float32)
         return self
 
-    def configure_runtime(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> str:
-        """Move to ``device`` (default: CUDA when available) with the LM in ``dtype`` (default: fp32
-        on CPU, bf16 or fp16 on CUDA) and pick the decoder's attention; returns and logs the line
-        that says how it runs (``generation.runtime``)."""
+    def configure_runtime(self, device: str | torch.device | None = None,
+                          dtype: torch.dtype | str | None = None) -> str:
+        """Move to ``device`` (default: CUDA when available) with the LM in ``dtype`` (a dtype or its
+        name; ``"auto"``: the fastest this hardware computes in; default: fp32 on CPU, bf16 or fp16
+        on CUDA) and pick the decoder's attention; returns and logs the line that says how it runs
+        (``generation.runtime``)."""
         device = runtime.resolve_device(device)
-        dtype = dtype or runtime.lm_dtype_for(device)
+        dtype = runtime.lm_dtype_for(device, dtype)
         self.to(device)  # no dtype here: diffusers warns on every dtype cast of the image tokenizer
         self.lm.to(dtype)
         line = runtime.describe(device, dtype, self.lm, self.image_tokenizer,

@@ -1,8 +1,9 @@
 """Where a pipeline runs and in what precision: the device, the LM's dtype, the decoder's attention.
 
-Usability first (diffusers' rule): the CPU runs in fp32 unless asked otherwise; a CUDA GPU runs the
-LM in bf16, or fp16 where the GPU has no bf16. The image tokenizer stays in fp32 everywhere (its
-quantizer computes in fp32).
+Usability first (diffusers' rule): the CPU runs in fp32 unless asked otherwise (``"auto"`` asks for
+bf16 where the CPU has bf16 units, ``unitok.precision``); a CUDA GPU runs the LM in bf16, or fp16
+where the GPU has no bf16. The image tokenizer stays in fp32 everywhere (its quantizer computes in
+fp32).
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from diffusers.models.attention_processor import Attention
 from diffusers.utils import is_xformers_available
 
 from unitok.errors import UserError
+from unitok.precision import fast_dtype
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 logger = logging.getLogger(__name__)
 
@@ -32,10 +36,18 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
     return device
 
 
-def lm_dtype_for(device: torch.device) -> torch.dtype:
-    if device.type != "cuda":
+def lm_dtype_for(device: torch.device, asked: torch.dtype | str | None = None) -> torch.dtype:
+    """The LM's dtype on ``device``: ``asked`` (a dtype, its name, or "auto": the fastest the
+    hardware computes in), or by default fp32 on a CPU and bf16 (fp16 without bf16) on CUDA."""
+    if isinstance(asked, torch.dtype):
+        return asked
+    if asked == "auto" or (asked is None and device.type == "cuda"):
+        return fast_dtype(device.type)
+    if asked is None:
         return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if asked not in DTYPES:
+        raise UserError(f"unknown dtype {asked!r}: use auto, {', '.join(DTYPES)}")
+    return DTYPES[asked]
 
 
 def enable_decoder_attention(pipeline: DiffusionPipeline, device: torch.device) -> str:

@@ -10,11 +10,18 @@ image-position table (the default has one) runs without it on the transformers s
 nothing of it: the same matrix work less one embedding add per token, so the times compare, but
 only our side's codes are the model's drawing.
 
+Roofline figures beside them: the machine's measured matrix-product rate in the LM's dtype and
+its memory bandwidth, the model's FLOPs per decoding step (2 per weight and row, plus attention
+over the context so far), the share of that rate each side achieves (MFU), and at batch 1 the
+time the weights alone take to stream from memory once per step.
+
 Then ``unitok generate`` is timed end to end for one image from a cold process (interpreter
 start, imports, model load, sampling, decoding, PNG write), next to the bare import time.
 
-    python scripts/bench_generate.py                  # random model of the default architecture
-    python scripts/bench_generate.py --model DIR      # a saved UniTokPipeline folder
+    python scripts/bench_generate.py                          # random model of the default's size
+    python scripts/bench_generate.py --lm-size medium         # Llama 12x512, 16x16 codes, 1,024-code VQ
+    python scripts/bench_generate.py --lm-size 0.5b-shape --dtype bfloat16   # Qwen2.5-0.5B's layers (GPUs)
+    python scripts/bench_generate.py --model DIR              # a saved UniTokPipeline folder
 """
 
 from __future__ import annotations
@@ -32,13 +39,27 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from generation.pipeline import UniTokPipeline
 from generation.random_model import random_pipeline, shapes_prompts
+from generation.runtime import DTYPES
 from generation.sampler import sample_image_codes
 from generation.token_choice import SamplingOptions
+from unitok.lm.model import ScratchConfig
 from unitok.lm.sequences import text_to_image_prompt, unconditional_prompt
 from unitok.lm.text_tokenizer import encode_text
 from unitok.vocabulary import UnifiedVocabulary
 
 GUIDANCE = 3.0
+# Random pipelines by size: (LM, image tokenizer). "default" is the embedded default's shape;
+# "medium" a 41.6M-parameter Llama drawing 16x16 codes from a 1,024-code VQ; "0.5b-shape" the layer
+# sizes of Qwen2.5-0.5B (24 x 896, 14 heads, 2 KV heads), with UniTok's own small vocabulary.
+LM_SIZES = {
+    "default": (ScratchConfig(), {"fsq_levels": (8, 5, 5, 5)}),
+    "medium": (ScratchConfig(hidden_size=512, num_layers=12, num_heads=8, num_kv_heads=8, intermediate_size=1536,
+                             max_positions=1024),
+               {"image_size": 128, "quantizer": "vq", "codebook_size": 1024}),
+    "0.5b-shape": (ScratchConfig(hidden_size=896, num_layers=24, num_heads=14, num_kv_heads=2, intermediate_size=4864,
+                                 max_positions=1024),
+                   {"image_size": 128, "quantizer": "vq", "codebook_size": 1024}),
+}
 
 
 class ImageCodesOnly(LogitsProcessor):
@@ -58,20 +79,21 @@ def ours(pipe: UniTokPipeline, text_ids: list[list[int]], seed: int) -> torch.Te
 
 
 def transformers_generate(pipe: UniTokPipeline, text_ids: list[list[int]], seed: int) -> torch.Tensor:
-    vocab = pipe.vocabulary
+    vocab, device = pipe.vocabulary, pipe.lm.device
     cond = text_to_image_prompt(text_ids, vocab)
     uncond = unconditional_prompt(len(text_ids), vocab)
     torch.manual_seed(seed)
     with torch.inference_mode():
         out = pipe.lm.generate(
-            input_ids=cond.input_ids, attention_mask=cond.attention_mask,
-            negative_prompt_ids=uncond.input_ids, negative_prompt_attention_mask=uncond.attention_mask,
+            input_ids=cond.input_ids.to(device), attention_mask=cond.attention_mask.to(device),
+            negative_prompt_ids=uncond.input_ids.to(device),
+            negative_prompt_attention_mask=uncond.attention_mask.to(device),
             guidance_scale=GUIDANCE, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
             max_new_tokens=vocab.tokens_per_image, min_new_tokens=vocab.tokens_per_image,
             logits_processor=LogitsProcessorList([ImageCodesOnly(vocab, pipe.lm.device)]),
             pad_token_id=vocab.pad_id,
         )
-    return out[:, cond.input_ids.shape[1]:]
+    return out[:, cond.input_ids.shape[1]:].cpu()
 
 
 def timed(fn, *args) -> tuple[float, torch.Tensor]:
@@ -96,6 +118,49 @@ def bench_batch(pipe: UniTokPipeline, prompts: list[str], batch: int, repeats: i
     return {side: statistics.median(ts) for side, ts in times.items()} | {"tokens": tokens, "batch": batch}
 
 
+def matmul_rate(dtype: torch.dtype, device: torch.device, size: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of a ``size``-square matrix product in ``dtype``: what the machine can do at best."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    a @ b
+    _synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _synchronize(device)
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def memory_bandwidth(device: torch.device, megabytes: int = 512, repeats: int = 5) -> float:
+    """Bytes/s of a large copy (read + write), the ceiling of streaming weights each step."""
+    source = torch.empty(megabytes * 2**20 // 4, device=device)
+    target = torch.empty_like(source)
+    target.copy_(source)
+    _synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        target.copy_(source)
+    _synchronize(device)
+    return 2 * source.numel() * 4 * repeats / (time.perf_counter() - start)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def flops_per_image(pipe: UniTokPipeline, prompt_length: int, rows_per_image: int) -> float:
+    """FLOPs to draw one image's codes (prefill excluded): per step, 2 per weight and row of the
+    blocks and the head, plus attention (QK and AV) over the context so far."""
+    config = pipe.lm.config
+    blocks = sum(p.numel() for name, p in pipe.lm.named_parameters() if ".layers." in name)
+    head = pipe.lm.config.vocab_size * config.hidden_size
+    steps = pipe.vocabulary.tokens_per_image
+    mean_context = prompt_length + steps / 2
+    attention = 4 * config.num_hidden_layers * config.hidden_size * mean_context
+    return rows_per_image * steps * (2 * (blocks + head) + attention)
+
+
 def cold_generate(model_dir: Path, out_dir: Path, threads: int | None) -> tuple[float, float]:
     """Seconds for `unitok generate` (one image) and for the bare imports, each a fresh process."""
     start = time.perf_counter()
@@ -111,7 +176,12 @@ def cold_generate(model_dir: Path, out_dir: Path, threads: int | None) -> tuple[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="a UniTokPipeline folder (default: random default-size model)")
+    parser.add_argument("--model", default=None, help="a UniTokPipeline folder (default: a random model of --lm-size)")
+    parser.add_argument("--lm-size", choices=sorted(LM_SIZES), default="default",
+                        help="size of the random pipeline when no --model is given")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="the LM's dtype, both sides")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+    parser.add_argument("--no-cold", action="store_true", help="skip timing `unitok generate` from a cold process")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
@@ -124,26 +194,40 @@ def main() -> None:
             model_dir = Path(args.model)
             pipe = UniTokPipeline.from_pretrained(model_dir)
         else:
-            pipe = random_pipeline(image_positions=True)
+            lm_config, tokenizer_config = LM_SIZES[args.lm_size]
+            pipe = random_pipeline(lm_config, tokenizer_config, image_positions=True)
             model_dir = Path(tmp) / "random-pipeline"
             pipe.save_pretrained(model_dir)
+        device, dtype = torch.device(args.device), DTYPES[args.dtype]
+        pipe.to(device)
+        pipe.lm.to(dtype)
         pipe.set_progress_bar_config(disable=True)
         lm_params = sum(p.numel() for p in pipe.lm.parameters()) / 1e6
         vocab = pipe.vocabulary
-        print(f"LM: {type(pipe.lm).__name__} {lm_params:.1f}M params, vocabulary {vocab.size} ids "
-              f"({vocab.codebook_size} image codes), {vocab.tokens_per_image} codes per image; "
-              f"{'trained ' + str(model_dir) if args.model else 'random weights'}; "
+        print(f"LM: {type(pipe.lm).__name__} {lm_params:.1f}M params in {args.dtype} on {device}, vocabulary "
+              f"{vocab.size} ids ({vocab.codebook_size} image codes), {vocab.tokens_per_image} codes per image; "
+              f"{'trained ' + str(model_dir) if args.model else 'random weights, ' + args.lm_size}; "
               f"torch threads {torch.get_num_threads()}; guidance {GUIDANCE}; median of {args.repeats}")
+        rate, bandwidth = matmul_rate(dtype, device), memory_bandwidth(device)
+        weight_bytes = sum(p.numel() * p.element_size() for p in pipe.lm.parameters())
+        print(f"machine: matmul 2048^2 in {args.dtype} {rate / 1e9:.0f} GFLOP/s, copy bandwidth "
+              f"{bandwidth / 1e9:.1f} GB/s; weights {weight_bytes / 1e6:.1f} MB, streamed once per step at least "
+              f"{1e3 * weight_bytes / bandwidth:.2f} ms")
         prompts = shapes_prompts(max(args.batch_sizes))
-        print(f"{'batch':>5} | {'ours tok/s':>10} {'s/image':>8} | {'HF tok/s':>10} {'s/image':>8} | ours/HF")
+        prompt_length = round(statistics.mean(len(encode_text(pipe.text_tokenizer, p)) for p in prompts)) + 2
+        print(f"{'batch':>5} | {'ours tok/s':>10} {'s/image':>8} {'MFU':>6} | {'HF tok/s':>10} {'s/image':>8} "
+              f"{'MFU':>6} | ours/HF")
         for batch in args.batch_sizes:
             r = bench_batch(pipe, prompts, batch, args.repeats)
             ours_tps, hf_tps = r["tokens"] / r["ours"], r["tokens"] / r["transformers"]
-            print(f"{batch:>5} | {ours_tps:>10.0f} {r['ours'] / batch:>8.3f} | {hf_tps:>10.0f} "
-                  f"{r['transformers'] / batch:>8.3f} | {ours_tps / hf_tps:.2f}x", flush=True)
-        total, imports = cold_generate(model_dir, Path(tmp), args.threads)
-        print(f"unitok generate, one image, cold process: {total:.2f} s (of which importing torch, "
-              f"transformers and diffusers alone takes {imports:.2f} s)")
+            flops = batch * flops_per_image(pipe, prompt_length, rows_per_image=2)  # conditional + unconditional
+            print(f"{batch:>5} | {ours_tps:>10.0f} {r['ours'] / batch:>8.3f} {flops / r['ours'] / rate:>6.1%} | "
+                  f"{hf_tps:>10.0f} {r['transformers'] / batch:>8.3f} {flops / r['transformers'] / rate:>6.1%} | "
+                  f"{ours_tps / hf_tps:.2f}x", flush=True)
+        if not args.no_cold:
+            total, imports = cold_generate(model_dir, Path(tmp), args.threads)
+            print(f"unitok generate, one image, cold process: {total:.2f} s (of which importing torch, "
+                  f"transformers and diffusers alone takes {imports:.2f} s)")
 
 
 if __name__ == "__main__":

@@ -1,19 +1,18 @@
-"""Training throughput of the unified LM: ids/s in each precision, with and without length buckets.
+"""Training throughput of the unified LM in each precision.
 
     python scripts/bench_lm_training.py --config configs/lm/shapes-tiny.yaml \
         --shards data/shapes-codes/train --image-tokenizer runs/shapes64/export \
-        [--precisions 32-true bf16-mixed] [--bucket-widths 0 32] [--steps 30]
+        [--precisions 32-true bf16-mixed] [--steps 30]
 
 The real Lightning loop of the config (data loading included), the same initial weights for every
-setting, timed after the first batches. Prints real ids/s (padding not counted), steps/s and the
-share of positions that are padding, one line per setting.
+precision, timed after the first batches. Prints real ids/s (padding not counted), steps/s and the
+share of positions that are padding, one line per precision.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import itertools
 import time
 from pathlib import Path
 
@@ -64,8 +63,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed training steps per setting")
     parser.add_argument("--precisions", nargs="+", default=None, metavar="PRECISION",
                         help="Lightning precisions (default: the one the hardware gets, unitok.precision)")
-    parser.add_argument("--bucket-widths", nargs="+", type=int, default=[0, 32], metavar="IDS",
-                        help="data.bucket_width values (0: batches in stream order)")
     args = parser.parse_args()
 
     config = yaml.safe_load(Path(args.config).read_text())
@@ -75,13 +72,12 @@ def main() -> None:
     precisions = args.precisions or [training_precision("cpu")[0]]
     print(f"{args.config}: {sum(p.numel() for p in start.model.parameters()) / 1e6:.2f}M parameters, "
           f"batch {config['data']['batch_size']}, torch threads {torch.get_num_threads()}")
-    for precision, width in itertools.product(precisions, args.bucket_widths):
-        data_args = {**config["data"], "train_shards": args.shards, "val_shards": None, "bucket_width": width,
-                     "num_workers": 0}
+    data_args = {**config["data"], "train_shards": args.shards, "val_shards": None, "num_workers": 0}
+    for precision in precisions:
         result = bench(copy.deepcopy(start), data_args, args.steps, precision)
         padding = 1 - result.ids / result.positions
-        print(f"  {precision:>10}  bucket width {width:>3}: {result.ids / result.seconds:8.0f} ids/s  "
-              f"{result.steps / result.seconds:5.2f} steps/s  padding {padding:6.1%}")
+        print(f"  {precision:>10}: {result.ids / result.seconds:8.0f} ids/s  {result.steps / result.seconds:5.2f} "
+              f"steps/s  padding {padding:6.1%}")
 
 
 if __name__ == "__main__":

@@ -201,3 +201,17 @@ def test_the_models_warnings_go_to_stderr(capsys, model_dir, tmp_path, monkeypat
     err = capsys.readouterr().err
     assert expected and [line.removeprefix("warning: ") for line in err.splitlines()
                          if line.startswith("warning: ")] == expected
+
+
+def test_dtype_flag_sets_the_lms_precision_and_says_so(capsys, model_dir, tmp_path, monkeypatch):
+    out = tmp_path / "bf16.png"
+    assert main(["generate", "a red circle", "--model", str(model_dir), "--no-progress", "--out", str(out),
+                 "--dtype", "bfloat16"]) == 0
+    assert "in bfloat16" in capsys.readouterr().err and out.is_file()
+    monkeypatch.setattr("unitok.precision.cpu_flags", lambda: frozenset({"avx2"}))
+    assert main(["generate", "a red circle", "--model", str(model_dir), "--no-progress", "--out", str(out),
+                 "--dtype", "auto", "--device", "cpu"]) == 0
+    assert "in float32" in capsys.readouterr().err  # no bf16 units: fp32 is this CPU's fastest
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "a red circle", "--model", str(model_dir), "--dtype", "fp8"])
+    assert exit_info.value.code == 2

@@ -256,23 +256,6 @@ def test_collate_right_pads_with_no_loss_on_padding(vocab):
     assert batch["task"].tolist() == [TASKS.index("text_to_image"), TASKS.index("captioning")]
 
 
-def test_length_buckets_batch_sequences_of_about_one_length(vocab):
-    from unitok.lm.data import length_bucketed_batches
-
-    codes = torch.zeros(GRID, dtype=torch.long)
-    rng = random.Random(0)
-    samples = [[text_to_image_example([10] * rng.randint(1, 40), codes, vocab)] for _ in range(200)]
-    batches = list(length_bucketed_batches(iter(samples), batch_size=8, bucket_width=16, vocab=vocab))
-    assert batches and all(batch["input_ids"].shape[0] == 8 for batch in batches)
-    for batch in batches:
-        lengths = batch["attention_mask"].sum(1)
-        assert len({int(n) // 16 for n in lengths}) == 1  # one bucket
-        assert batch["input_ids"].shape[1] == int(lengths.max())  # padded to its own longest
-    kept = sum(batch["input_ids"].shape[0] for batch in batches)
-    buckets = {len(sample[0].input_ids) // 16 for sample in samples}
-    assert 200 - kept < 8 * len(buckets)  # at most a partial batch per bucket is left over
-
-
 # -- text tokenizer ----------------------------------------------------------------------------
 
 

@@ -73,7 +73,7 @@ def test_tiny_lm_overfits_both_directions_and_rewrites(tmp_path, one_thread):
     )
     data = CodeShardDataModule(train_shards=str(tmp_path / "train"), batch_size=32, samples_per_epoch=320,
                                num_workers=0, shuffle_buffer=PAIRS, text_to_image=0.4, rewriting=0.3,
-                               paraphrase=0.0, bucket_width=0)  # mixed batches: 250 steps learn all three
+                               paraphrase=0.0)
     trainer = L.Trainer(max_steps=250, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, data)

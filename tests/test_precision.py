@@ -1,7 +1,8 @@
-"""The precision a training run gets when its config does not name one: what the hardware computes fast."""
+"""Precision by hardware: what a training run gets when its config names none, and the --dtype of sampling."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from unitok.precision import cpu_flags, cpu_has_fast_bf16, fast_dtype, training_precision
@@ -52,3 +53,18 @@ def test_a_config_without_precision_gets_the_hardwares(monkeypatch, tmp_path):
     monkeypatch.setattr("unitok.precision.cpu_flags", lambda: AVX2_ONLY)
     named = run_tokenizer_cli([*args, "--trainer.precision", "bf16-mixed"], run=False)
     assert named.trainer.precision == "bf16-mixed"  # a config or flag that names one keeps it
+
+
+def test_the_lms_sampling_dtype_is_fp32_on_a_cpu_unless_asked(monkeypatch):
+    from generation.runtime import lm_dtype_for
+    from unitok.errors import UserError
+
+    cpu = torch.device("cpu")
+    assert lm_dtype_for(cpu) == torch.float32
+    assert lm_dtype_for(cpu, "bfloat16") == lm_dtype_for(cpu, torch.bfloat16) == torch.bfloat16
+    monkeypatch.setattr("unitok.precision.cpu_flags", lambda: AMX)
+    assert lm_dtype_for(cpu) == torch.float32 and lm_dtype_for(cpu, "auto") == torch.bfloat16
+    monkeypatch.setattr("unitok.precision.cpu_flags", lambda: AVX2_ONLY)
+    assert lm_dtype_for(cpu, "auto") == torch.float32
+    with pytest.raises(UserError, match="unknown dtype"):
+        lm_dtype_for(cpu, "fp8")

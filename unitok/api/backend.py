@@ -180,10 +180,10 @@ def _groups(jobs: list, key) -> dict[tuple, list[int]]:
     return groups
 
 
-def load_backend(model_dir: str | os.PathLike, device: str | None = None,
+def load_backend(model_dir: str | os.PathLike, device: str | None = None, dtype: str | None = None,
                  max_caption_tokens: int = 64) -> PipelineBackend:
     """Load a saved pipeline folder for serving; the model's name is the folder's name."""
     folder = Path(model_dir).resolve()
     pipeline = UniTokPipeline.from_pretrained(folder)
-    pipeline.configure_runtime(device)  # logs how it runs; raises UserError for an unusable device
+    pipeline.configure_runtime(device, dtype)  # logs how it runs; raises UserError for an unusable device
     return PipelineBackend(pipeline, name=folder.name, max_caption_tokens=max_caption_tokens)

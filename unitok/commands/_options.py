@@ -16,6 +16,7 @@ from unitok.errors import UserError
 if TYPE_CHECKING:
     from generation.pipeline import UniTokPipeline
 
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 # Pipeline argument -> flag; each flag's value goes to the pipeline argument of the same meaning.
 SAMPLING_FLAGS = {
     "guidance_scale": "--guidance",
@@ -33,6 +34,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a UniTok pipeline folder (default: the embedded default model)")
     parser.add_argument("--device", default=None,
                         help="cpu, cuda, cuda:1... (default: cuda when available, else cpu)")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
+                        help="the LM's precision: auto = the fastest this hardware computes in (bf16 on GPUs and on "
+                             "CPUs with bf16 units, fp16 on GPUs without bf16, else fp32); default: fp32 on a CPU, "
+                             "bf16 (or fp16) on a GPU")
     add_threads_argument(parser)
 
 
@@ -118,6 +123,6 @@ def load_pipeline(args: argparse.Namespace, progress: bool = False) -> UniTokPip
     from generation.pipeline import UniTokPipeline
 
     pipeline = UniTokPipeline.from_pretrained(folder)
-    print(pipeline.configure_runtime(args.device), file=sys.stderr)
+    print(pipeline.configure_runtime(args.device, args.dtype), file=sys.stderr)
     pipeline.set_progress_bar_config(disable=not progress, leave=False)
     return pipeline

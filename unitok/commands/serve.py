@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     check_runtime_arguments(args)
     set_threads(args)  # also holds in the model's worker thread
     quiet_library_logging()
-    backend = load_backend(model_dir, device=args.device, max_caption_tokens=args.max_caption_tokens)
+    backend = load_backend(model_dir, device=args.device, dtype=args.dtype, max_caption_tokens=args.max_caption_tokens)
     logging.getLogger("unitok.api").info(
         "serving %s on http://%s:%d (docs at /docs, max batch %d, max wait %g ms, %d torch threads, API key %s)",
         backend.name, args.host, args.port, batching.max_batch, batching.max_wait_ms, torch.get_num_threads(),

@@ -121,25 +121,6 @@ def collate_examples(batch: list[list[Example]], vocab: UnifiedVocabulary) -> di
     return collate([example for examples in batch for example in examples], vocab)
 
 
-def length_bucketed_batches(samples: Iterator[list[Example]], batch_size: int, bucket_width: int,
-                            vocab: UnifiedVocabulary) -> Iterator[dict[str, torch.Tensor]]:
-    """Collated batches of sequences of about one length (``bucket_width`` ids per bucket).
-
-    Task lengths differ (a rewrite ~50 ids, an edit ~150), and a mixed batch pads every row to its
-    longest: grouping by length spends the compute on ids, not padding. Tasks still mix within a
-    bucket, and each task keeps its share of the stream. What is left in the buckets when the
-    stream ends is dropped (training streams are resampled, so nothing is lost for good).
-    """
-    buckets: dict[int, list[Example]] = {}
-    for examples in samples:
-        for example in examples:
-            bucket = buckets.setdefault(len(example.input_ids) // bucket_width, [])
-            bucket.append(example)
-            if len(bucket) == batch_size:
-                yield collate(bucket, vocab)
-                bucket.clear()
-
-
 class CodeShardDataModule(L.LightningDataModule):
     """Batches of unified sequences (every task of ``unitok.lm.sequences``) from code shards.
 
@@ -147,9 +128,8 @@ class CodeShardDataModule(L.LightningDataModule):
         train_shards: folder, glob or brace pattern of training code shards.
         val_shards: the same for validation (every rank reads all of it).
         batch_size: sequences per batch (per device); validation batches hold one sequence per task
-            and sample.
-        bucket_width: training batches hold sequences whose lengths fall in one bucket of this
-            many ids (``length_bucketed_batches``); 0 batches them in stream order.
+            and sample. Training batches mix tasks in stream order: batches of one length (and so
+            mostly of one task) padded less but learned far less per step (docs/results.md).
         samples_per_epoch: training samples per epoch and rank (the stream is resampled, endless).
         val_samples: validate on the first N validation samples (None: all).
         text_to_image, rewriting, answering, verifying, editing: each task's share of the training
@@ -166,7 +146,6 @@ class CodeShardDataModule(L.LightningDataModule):
         train_shards: str,
         val_shards: str | None = None,
         batch_size: int = 64,
-        bucket_width: int = 32,
         samples_per_epoch: int = 20_000,
         val_samples: int | None = 500,
         text_to_image: float = 0.5,
@@ -206,13 +185,10 @@ class CodeShardDataModule(L.LightningDataModule):
             shuffle_buffer=self.hparams.shuffle_buffer, transform=maker, skip_counter=self.skips,
             seed=self.hparams.seed,
         )
-        workers = {"num_workers": self.hparams.num_workers, "persistent_workers": self.hparams.num_workers > 0}
-        if self.hparams.bucket_width:
-            dataset = dataset.compose(partial(length_bucketed_batches, batch_size=self.hparams.batch_size,
-                                              bucket_width=self.hparams.bucket_width, vocab=vocab))
-            return DataLoader(dataset, batch_size=None, **workers)
-        return DataLoader(dataset, batch_size=self.hparams.batch_size,
-                          collate_fn=partial(collate_examples, vocab=vocab), **workers)
+        return DataLoader(
+            dataset, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers,
+            collate_fn=partial(collate_examples, vocab=vocab), persistent_workers=self.hparams.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader:
         if not self.hparams.val_shards:

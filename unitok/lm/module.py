@@ -123,7 +123,7 @@ class UnifiedLMModule(L.LightningModule):
                          on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
         # One mean per sequence, then over sequences: every training sequence weighs the same,
         # whether it has 65 target ids (an image) or one (a verdict), so the task mix alone sets
-        # how much each task counts, in any batch (length-bucketed batches are often one task).
+        # how much each task counts.
         targets_per_row = counted.sum(1)
         has_targets = targets_per_row > 0
         per_row = (token_loss * counted).sum(1)[has_targets] / targets_per_row[has_targets]
