@@ -244,6 +244,20 @@ def test_every_task_has_its_sequence_and_draws_its_share(vocab):
     assert tuple(bos + [21, vocab.rewrite_id, 31, vocab.special_id("unknown"), 40, vocab.eos_id]) in rewrites
 
 
+def test_validation_measures_a_matching_and_a_mismatching_verdict():
+    from unitok.lm.data import ExampleMaker
+
+    tokenizer = tiny_tokenizer("qwen2")
+    vocab = UnifiedVocabulary(text_size=len(tokenizer), codebook_size=CODEBOOK, grid=GRID, eos_id=tokenizer.eos_token_id,
+                              pad_id=tokenizer.eos_token_id, bos_id=None)
+    sample = {"codes": np.zeros(GRID, np.int16), "caption": "a small red circle at the top on a white background",
+              "meta": {"verify": [{"text": "a red circle", "match": True}, {"text": "a blue square", "match": False},
+                                  {"text": "a red star", "match": False}]}}
+    examples = ExampleMaker(tokenizer, vocab, TaskMix(verifying=0.1), training=False)(sample)
+    verdicts = [e.labels[-1] for e in examples if TASKS[e.task] == "verifying"]
+    assert verdicts == [vocab.special_id("yes"), vocab.special_id("no")]
+
+
 def test_collate_right_pads_with_no_loss_on_padding(vocab):
     codes = torch.zeros(GRID, dtype=torch.long)
     batch = collate([text_to_image_example([10, 11], codes, vocab), captioning_example(codes, [10], vocab)], vocab)

@@ -106,8 +106,10 @@ class ExampleMaker:
             examples.append(rewriting_example(first.text, first.normal or texts.caption, self.vocab, first.unknown))
         if self.mix.answering and texts.questions:
             examples.append(answering_example(codes, *texts.questions[0], self.vocab))
-        if self.mix.verifying and texts.verdicts:
-            examples.append(verifying_example(codes, *texts.verdicts[0], self.vocab))
+        if self.mix.verifying:  # one matching and one mismatching prompt: the accuracy is not one class's
+            matching = [verdict for verdict in texts.verdicts if verdict[1]][:1]
+            mismatching = [verdict for verdict in texts.verdicts if not verdict[1]][:1]
+            examples += [verifying_example(codes, *verdict, self.vocab) for verdict in matching + mismatching]
         if self.mix.editing and texts.edit is not None:
             examples.append(editing_example(codes, *texts.edit, self.vocab))
         return examples
