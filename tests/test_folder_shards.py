@@ -102,7 +102,8 @@ def test_cli_turns_a_coco_folder_into_shards_and_reports_every_skip(coco_mini, t
     assert f"{SKIP_NOT_IMAGE}: 1 (val2017/000000000105.jpg)" in report
     assert f"{SKIP_TOO_LARGE}: 1 (val2017/000000000106.png)" in report
     assert f"{SKIP_UNSUPPORTED}: 1 (val2017/notes.txt)" in report  # the captions file is not listed
-    assert "images without captions (kept, empty caption): 2 (val2017/000000000101.jpg, " in report
+    assert "images without captions (kept for the image tokenizer, left out of LM training): " \
+        "2 (val2017/000000000101.jpg, " in report
     assert "captions matching no image (missing, or a file name found in several folders): 1 (000000000999.jpg)" \
         in report
     assert "upscaled, will look soft): 2 (train2017/000000000004.webp, val2017/000000000102.png)" in report

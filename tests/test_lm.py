@@ -380,7 +380,9 @@ def test_a_unitok_folder_is_reloaded_as_it_is(tmp_path):
     ("shards", "message"),
     [
         ({"grid": (3, 3)}, r"\(3, 3\) code grid"),  # seen in the codes themselves
-        ({"meta_extra": {"codebook_size": 48, "grid_size": list(GRID)}}, "48 codes"),  # recorded by `unitok tokenize`
+        ({"meta_extra": {"codebook_size": 48, "grid_size": list(GRID)}},  # recorded by `unitok tokenize`
+         r"the code shards .* come from an image tokenizer with 48 codes on a \(2, 3\) grid, but the LM is "
+         r"built for 24 codes on a \(2, 3\) grid"),
         ({"codebook": 40}, r"outside the vocabulary's 24 codes"),
     ],
 )
@@ -391,6 +393,33 @@ def test_shards_that_do_not_fit_the_vocabulary_fail_before_training(tmp_path, sh
     data = CodeShardDataModule(train_shards=str(tmp_path / "train"), batch_size=2, samples_per_epoch=4, num_workers=0)
     trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
     with pytest.raises(UserError, match=message):
+        trainer.fit(module, data)
+
+
+def test_images_without_captions_stay_out_of_lm_training(tmp_path):
+    """`unitok data folder` keeps uncaptioned images (they train the image tokenizer); the LM sees
+    none of them, and refuses shards in which no image has a caption."""
+    uncaptioned_code = CODEBOOK - 1  # only uncaptioned samples use it, so their sequences are easy to spot
+    for name, captioned in (("train", [True, False] * 4), ("val", [False, True]), ("none", [False, False])):
+        with ShardWriter(tmp_path / name, prefix="codes") as writer:
+            for index, (has_text, scene) in enumerate(zip(captioned, scenes(len(captioned)), strict=True)):
+                codes = np.full(GRID, uncaptioned_code if not has_text else index % 4, np.int16)
+                writer.write({"__key__": f"{index:06d}", "codes.npy": codes, "json": {},
+                              "txt": shapes.canonical_caption(scene) if has_text else ""})
+    save_tiny_hub_model("gpt2", tmp_path / "hub")
+    module = UnifiedLMModule(pretrained=str(tmp_path / "hub"), codebook_size=CODEBOOK, grid=GRID)
+    seen, step = [], module._step
+    module._step = lambda batch, stage: seen.append(batch["input_ids"]) or step(batch, stage)
+    data = CodeShardDataModule(train_shards=str(tmp_path / "train"), val_shards=str(tmp_path / "val"), batch_size=2,
+                               samples_per_epoch=8, num_workers=0, shuffle_buffer=1)
+    trainer = L.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(module, data)
+    assert len(seen) > 4  # training and validation batches
+    assert not any((ids == module.vocabulary.image_offset + uncaptioned_code).any() for ids in seen)
+
+    data = CodeShardDataModule(train_shards=str(tmp_path / "none"), batch_size=2, samples_per_epoch=8, num_workers=0)
+    with pytest.raises(UserError, match="no sample in .* has a caption"):
         trainer.fit(module, data)
 
 

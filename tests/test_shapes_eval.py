@@ -10,7 +10,7 @@ from unitok.data import shapes, shapes_language, shapes_tasks
 from unitok.data.shapes import POSITIONS
 from unitok.data.shapes_language import ObjectSpec, Relation, SceneSpec, parse_prompt
 from unitok.evaluation.scores import adds_to, attribute_hits
-from unitok.evaluation.shapes_eval import ShapesModel, evaluate_shapes, write_report
+from unitok.evaluation.shapes_eval import ShapesModel, check_reads_shapes, evaluate_shapes, write_report
 
 
 def satisfying_scene(spec: SceneSpec) -> shapes.Scene:
@@ -190,9 +190,9 @@ def test_a_rewrite_hallucinates_when_it_states_more_or_otherwise():
     assert adds_to(SceneSpec(fewer.objects[:1]), prompt)  # an object dropped changes the count
 
 
-def test_eval_command_reports_with_the_models_own_sampling_defaults(tmp_path):
+def save_random_pipeline(path) -> None:
+    """An untrained 64 px pipeline (greedy, guidance 2 by default): it writes no Shapes caption."""
     from generation.random_model import random_pipeline
-    from unitok.cli import main
     from unitok.lm.model import ScratchConfig
 
     lm = ScratchConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=2, intermediate_size=64,
@@ -201,7 +201,29 @@ def test_eval_command_reports_with_the_models_own_sampling_defaults(tmp_path):
                            quantizer="fsq", fsq_levels=(4, 4, 3))
     pipe = random_pipeline(lm, image_tokenizer, text_vocab_size=290)
     pipe.register_to_config(default_temperature=0.0, default_guidance_scale=2.0)
-    pipe.save_pretrained(tmp_path / "pipe")
+    pipe.save_pretrained(path)
+
+
+def test_a_model_that_writes_no_shapes_caption_is_refused(tmp_path, capsys):
+    from unitok.cli import main
+
+    save_random_pipeline(tmp_path / "pipe")  # stands in for a photo model: its captions are not Shapes captions
+    assert main(["eval", "shapes", "--model", str(tmp_path / "pipe"), "--out", str(tmp_path / "eval")]) == 2
+    assert "is not a Shapes model: none of 8 Shapes scenes got a Shapes caption" in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists()
+
+    def trained_reader(images):  # what a trained Shapes model writes
+        return [shapes.canonical_caption(shapes.analyze(image)) for image in images]
+
+    check_reads_shapes(trained_reader, 64, "a Shapes model")  # passes
+
+
+def test_eval_command_reports_with_the_models_own_sampling_defaults(tmp_path, monkeypatch):
+    from unitok.cli import main
+    from unitok.evaluation import shapes_eval
+
+    save_random_pipeline(tmp_path / "pipe")
+    monkeypatch.setattr(shapes_eval, "check_reads_shapes", lambda *args: None)  # let the random model stand in
     assert main(["eval", "shapes", "--model", str(tmp_path / "pipe"), "--num", "2", "--out", str(tmp_path / "eval")]) == 0
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert (report["settings"]["temperature"], report["settings"]["guidance"]) == (0.0, 2.0)

@@ -10,6 +10,7 @@ from unitok.cli import main
 from unitok.data import shapes, shapes_language
 from unitok.data.shapes_shards import scene_split, write_shapes_shards
 from unitok.data.shards import ShardWriter, SkipCounter, iterate_samples, read_shards, shard_urls
+from unitok.errors import UserError
 
 
 def _samples(folder):
@@ -88,5 +89,20 @@ def test_interrupted_writer_leaves_only_complete_shards(tmp_path):
 
 
 def test_missing_shards_give_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no shards found"):
+    with pytest.raises(UserError, match="no shards found"):
         shard_urls(tmp_path / "nothing-here")
+
+
+def test_each_brace_alternative_may_be_a_folder_a_glob_or_a_file(tmp_path):
+    for name in ("a", "b"):
+        write_shapes_shards(tmp_path / name, num=4, seed=0, shard_size=2, progress=False)
+    a, b = shard_urls(tmp_path / "a"), shard_urls(tmp_path / "b")
+    assert len(a) == len(b) == 2
+    for pattern in ("{a,b}/*.tar", "{a/*.tar,b/*.tar}", "{a,b}", "{a,b/*-000001.tar}"):
+        expected = a + (b if "000001" not in pattern else b[1:])
+        assert shard_urls(f"{tmp_path}/{pattern}") == expected, pattern
+    assert shard_urls([tmp_path / "a", f"{tmp_path}/a/*.tar"]) == a  # each shard once
+    with pytest.raises(UserError, match=r"no shards found at '.*/c/\*\.tar' \(from '.*/\{a,c\}/\*\.tar'\)"):
+        shard_urls(f"{tmp_path}/{{a,c}}/*.tar")
+    with pytest.raises(UserError, match="unbalanced braces"):
+        shard_urls(f"{tmp_path}/{{a,b/*.tar")

@@ -65,6 +65,17 @@ def test_fit_then_export_writes_a_folder_that_loads(shards, tmp_path):
     assert not list(tmp_path.glob(".export.*")), "the staging folder was left behind"
 
 
+def test_fit_on_shards_without_a_readable_image_is_a_one_line_error(shards, tmp_path, capsys):
+    """The training stream resamples and skips corrupt members: without a check it would search forever."""
+    import shutil
+
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "data-000000.tar").write_bytes(b"not a tar file" * 64)
+    shutil.copytree(shards / "val", tmp_path / "val")
+    assert main(["tokenizer", "fit", "--config", str(tiny_config(tmp_path))]) == 2
+    assert "every member was skipped as corrupt" in capsys.readouterr().err
+
+
 def test_export_of_a_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert main(["tokenizer", "export", str(tmp_path / "nope.ckpt"), str(tmp_path / "out")]) == 2
     assert "not found" in capsys.readouterr().err
@@ -93,3 +104,26 @@ def test_tokenize_writes_code_shards_with_captions_and_meta(shards, tmp_path):
 def test_tokenize_rejects_a_folder_that_is_not_a_tokenizer(shards, tmp_path, capsys):
     assert main(["tokenize", "--tokenizer", str(tmp_path), "--shards", str(shards / "train"), "--out", str(tmp_path / "o")]) == 2
     assert "not a tokenizer folder" in capsys.readouterr().err
+
+
+def test_two_folder_shard_sets_tokenize_into_one_set_with_unique_keys(tmp_path, capsys):
+    """Both sets number their samples from 00000000; the second set's keys become KEY-1."""
+    from PIL import Image
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for shade in range(3):
+            Image.new("RGB", (40, 40), (80 * shade, 0, 0)).save(tmp_path / name / f"{shade}.png")
+        (tmp_path / f"{name}.jsonl").write_text('{"file": "0.png", "caption": "a dark square"}\n')
+        assert main(["data", "folder", "--images", str(tmp_path / name), "--captions", str(tmp_path / f"{name}.jsonl"),
+                     "--out", str(tmp_path / "shards" / name), "--size", "32"]) == 0
+    VQTokenizer(**TINY).save_pretrained(tmp_path / "vq")
+    capsys.readouterr()
+    assert main(["tokenize", "--tokenizer", str(tmp_path / "vq"), "--shards", f"{tmp_path / 'shards'}/{{a,b}}/*.tar",
+                 "--out", str(tmp_path / "codes")]) == 0
+    report = capsys.readouterr().out
+    assert "tokenized 6 images" in report
+    assert "keys an earlier sample had (shard sets numbered alike): 3, renamed KEY-1, KEY-2, ..." in report
+    assert "images without captions (left out of LM training): 4" in report
+    keys = [sample["key"] for sample in iterate_samples(tmp_path / "codes")]
+    assert keys == ["00000000", "00000001", "00000002", "00000000-1", "00000001-1", "00000002-1"]

@@ -186,6 +186,7 @@ def test_a_decoder_stage_keeps_every_code_and_trains_the_decoder(shards, tmp_pat
     start = VQTokenizer(**{**TINY, "quantizer": "fsq", "fsq_levels": (4, 4, 4), "encoder_type": "patch"})
     start.save_pretrained(tmp_path / "start")
     stage = module(pretrained=str(tmp_path / "start"), train_encoder=False, consistency_weight=0.1)
+    assert stage.tokenizer.training  # from_pretrained returns eval mode; a stage trains in train mode
     trainer(tmp_path / "run", max_steps=3).fit(stage, datamodule=data_module(shards, target_view="clean"))
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
     trained = stage.tokenizer.eval()

@@ -15,7 +15,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from tokenizer.images import array_to_tensor, square_resize
-from unitok.data.shards import SkipCounter, read_shards
+from unitok.data.shards import SkipCounter, iterate_samples, read_shards
+from unitok.errors import UserError
 
 
 class ImageTransform:
@@ -61,6 +62,20 @@ class ImageTransform:
         return np.asarray(square_resize(Image.fromarray(np.ascontiguousarray(pixels)), self.image_size))
 
 
+def check_images(source: str) -> None:
+    """Fail before training unless the first readable sample of ``source`` has an image.
+
+    Why: the training stream is endless and skips what it cannot read, so over shards that are
+    all corrupt, empty or code shards it would search forever without a word.
+    """
+    sample = next(iterate_samples(source), None)
+    if sample is None:
+        raise UserError(f"no readable sample in {source}: the shards are empty, or every member was skipped as "
+                        "corrupt (see the warnings above)")
+    if "image" not in sample:
+        raise UserError(f"{source} holds code shards; the image tokenizer trains on image shards (`unitok data`)")
+
+
 def stack_batch(items: list) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Images -> one tensor; (input, target) pairs -> a pair of tensors."""
     if isinstance(items[0], tuple):
@@ -103,6 +118,10 @@ class TokenizerDataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.skipped = SkipCounter("shard member")
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            check_images(self.hparams.train_shards)
 
     def train_dataloader(self) -> DataLoader:
         h = self.hparams

@@ -99,7 +99,8 @@ class TokenizerModule(L.LightningModule):
         self.automatic_optimization = False
         if pretrained is not None:
             try:
-                self.tokenizer = VQTokenizer.from_pretrained(pretrained)
+                # from_pretrained returns eval mode, and Lightning keeps the mode a module arrives in.
+                self.tokenizer = VQTokenizer.from_pretrained(pretrained).train()
             except (OSError, ValueError) as error:
                 raise UserError(f"cannot load the tokenizer to start from, {pretrained!r}: {error}") from error
             # The checkpoint's config is the model's own, so an export rebuilds exactly this model.

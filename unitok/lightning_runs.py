@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -23,13 +25,48 @@ from unitok.precision import training_precision
 
 class UniTokCLI(LightningCLI):
     """LightningCLI whose trainer gets the fastest precision for its hardware when the config
-    leaves ``trainer.precision`` out (``unitok.precision``), said in one log line."""
+    leaves ``trainer.precision`` out (``unitok.precision``), said in one log line, and that
+    refuses to resume a run from a checkpoint that has used up its step or time budget."""
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.trainer.precision is None:
             config.trainer.precision, reason = training_precision(config.trainer.accelerator)
             rank_zero_info(reason)
+
+    def before_fit(self) -> None:
+        ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
+        if ckpt_path is not None and Path(ckpt_path).is_file():  # not "last" / "hpc": Lightning resolves those
+            check_budget_left(self.trainer, read_checkpoint(ckpt_path, written_by="fit"), ckpt_path)
+
+
+def check_budget_left(trainer: Trainer, checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
+    """Raise UserError when ``checkpoint`` has already used ``trainer``'s max_steps or max_time.
+
+    Why: Lightning restores the step count and the elapsed time, finds the budget spent, and ends
+    the run successfully after training nothing ("Time limit reached").
+    """
+    steps = checkpoint.get("global_step", 0)
+    if trainer.max_steps != -1 and steps >= trainer.max_steps:
+        raise UserError(f"{path} has already trained {steps} steps, trainer.max_steps is {trainer.max_steps}: "
+                        f"resuming would train nothing; raise it, e.g. --trainer.max_steps {2 * steps}")
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    cap = timer.time_remaining() if timer is not None else None  # before fit nothing has elapsed: all of max_time
+    if cap is None:
+        return
+    spent = checkpoint.get("callbacks", {}).get(timer.state_key, {}).get("time_elapsed", {}).get("train", 0.0)
+    if spent >= cap:
+        raise UserError(f"{path} has already trained for {_duration(spent)}, all of trainer.max_time {_duration(cap)}: "
+                        f"resuming would train nothing; raise it, e.g. --trainer.max_time {_duration(2 * cap)} "
+                        "(the learning rate then anneals over the new cap)")
+
+
+def _duration(seconds: float) -> str:
+    """Seconds as Lightning's ``max_time`` string, DD:HH:MM:SS."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    return f"{days:02d}:{hours:02d}:{minutes:02d}:{secs:02d}"
 
 
 def launch_cli(module_class: type, datamodule_class: type, args: list[str], *,
@@ -54,5 +91,6 @@ def read_checkpoint(path: str | os.PathLike, *, written_by: str) -> dict[str, An
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-        raise UserError(f"{path} is not a readable checkpoint ({str(error).splitlines()[0]}); "
+        reason = str(error).splitlines()[0] if str(error) else "the file ends early"
+        raise UserError(f"{path} is not a readable checkpoint ({reason}); "
                         f"pass a .ckpt file written by '{written_by}'") from None

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from unitok.evaluation.shapes_eval import ShapesModel, evaluate_shapes, write_report
+    from unitok.evaluation.shapes_eval import ShapesModel, check_reads_shapes, evaluate_shapes, write_report
 
     drawing = pipe.sampling_settings(**chosen)  # what the model's defaults make of them, for the report
     knows = pipe.vocabulary.has
@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         edit=(lambda images, instructions: pipe.edit(images, instructions, batch_size=args.batch_size).images)
         if knows("edit") else None,
     )
+    check_reads_shapes(model.caption, pipe.image_tokenizer.image_size, str(model_dir))
     start = time.perf_counter()
     evaluation = evaluate_shapes(
         model, num_scenes=args.num, image_size=pipe.image_tokenizer.image_size, seed=args.seed,

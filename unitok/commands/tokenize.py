@@ -30,10 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from tokenizer.model import VQTokenizer
     from unitok.data.shards import shard_urls
 
-    try:
-        shard_urls(args.shards)
-    except FileNotFoundError as error:
-        raise UserError(str(error)) from None
+    shard_urls(args.shards)  # a bad pattern fails here, before the model loads
     set_threads(args)
     model = VQTokenizer.from_pretrained(tokenizer_dir, low_cpu_mem_usage=False).eval()  # no accelerate needed
     start = time.perf_counter()
@@ -44,4 +41,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"tokenized {summary['written']} images into {summary['shards']} shards in {args.out} "
           f"in {elapsed:.1f} s ({summary['written'] / max(elapsed, 1e-9):.0f} images/s); "
           f"skipped {summary['skipped']} corrupt members")
+    if summary["renamed"]:
+        print(f"keys an earlier sample had (shard sets numbered alike): {summary['renamed']}, "
+              "renamed KEY-1, KEY-2, ...")
+    if summary["uncaptioned"]:
+        print(f"images without captions (left out of LM training): {summary['uncaptioned']}")
     return 0 if summary["written"] else 1

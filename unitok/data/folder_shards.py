@@ -1,10 +1,11 @@
 """A user's own image folder (plus optional captions) as webdataset shards.
 
 Every image found under the folder becomes one sample: ``jpg`` (size×size, RGB), ``txt`` (the
-reference caption: the first caption, or empty) and ``json`` (``file``, ``captions``,
-``paraphrases`` = the other captions, used as text-to-image prompts, and the original
-``width``/``height``). Files that cannot be used are skipped, counted and named in a summary;
-one bad photo never stops a run over thousands.
+reference caption: the first caption, or empty; an uncaptioned image trains the image tokenizer
+and LM training leaves it out) and ``json`` (``file``, ``captions``, ``paraphrases`` = the other
+captions, used as text-to-image prompts, and the original ``width``/``height``). Files that
+cannot be used are skipped, counted and named in a summary; one bad photo never stops a run over
+thousands.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ class FolderSummary:
         else:
             lines.append("skipped 0 files")
         if self.without_captions:
-            lines.append(f"images without captions (kept, empty caption): {_listing(self.without_captions)}")
+            lines.append("images without captions (kept for the image tokenizer, left out of LM training): "
+                         f"{_listing(self.without_captions)}")
         if self.captions_without_images:
             lines.append("captions matching no image (missing, or a file name found in several folders): "
                          f"{_listing(self.captions_without_images)}")
@@ -100,8 +102,9 @@ def write_folder_shards(
     Images are resized (shorter side to ``size``) and center-cropped to size×size. Captions are
     matched to an image by its path relative to ``images``, else by its file name when that name
     is unique on both sides (COCO lists bare file names). Images without a caption are kept with
-    an empty one. Raises UserError for a missing folder, a bad caption file or an output folder
-    that already holds shards with this prefix (stale shards would silently join the new set).
+    an empty one, for the image tokenizer (LM training leaves them out). Raises UserError for a
+    missing folder, a bad caption file or an output folder that already holds shards with this
+    prefix (stale shards would silently join the new set).
     """
     root = Path(images)
     if not root.is_dir():

@@ -23,6 +23,7 @@ import webdataset as wds
 
 from unitok.atomic import atomic_file
 from unitok.data.images import load_image
+from unitok.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -30,27 +31,41 @@ IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 
 
 def shard_urls(source: str | os.PathLike | list[str]) -> list[str]:
-    """Expand a directory, a glob, a brace pattern (``train-{000000..000009}.tar``) or a list."""
+    """Expand shard sources into shard paths, each shard once, in order.
+
+    A source is a folder of ``.tar`` shards, a glob, a file or URL, a brace pattern whose
+    alternatives may each be any of these (``train-{000000..000009}.tar``, ``{data/a,data/b}/*.tar``,
+    ``{data/a,data/b/*.tar}``), or a list of sources. Raises UserError naming what matched nothing.
+    """
     if isinstance(source, (list, tuple)):
-        return [url for item in source for url in shard_urls(item)]
+        return list(dict.fromkeys(url for item in source for url in shard_urls(item)))
     text = str(source)
-    path = Path(text)
+    try:  # a path that exists is taken as it is, even with braces in its name
+        alternatives = [text] if Path(text).exists() else list(braceexpand.braceexpand(text))
+    except braceexpand.UnbalancedBracesError:
+        raise UserError(f"unbalanced braces in the shard pattern {text!r}") from None
+    urls = []
+    for alternative in alternatives:
+        found = _shards_at(alternative)
+        if not found:
+            where = f"{alternative!r}" + (f" (from {text!r})" if alternative != text else "")
+            raise UserError(f"no shards found at {where}; pass a folder of .tar shards, a glob or a brace pattern")
+        urls += found
+    return list(dict.fromkeys(urls))
+
+
+def _shards_at(alternative: str) -> list[str]:
+    """The shards one source names: a folder's, a glob's (folders it matches included), or the
+    file or URL itself; empty when it names nothing."""
+    path = Path(alternative)
     if path.is_dir():
         # Hidden names are partial shards of an interrupted writer (``unitok.atomic``), not data.
-        urls = sorted(str(p) for p in path.glob("*.tar") if not p.name.startswith("."))
-    elif "{" in text:
-        urls = list(braceexpand.braceexpand(text))
-    elif any(ch in text for ch in "*?["):
-        urls = sorted(glob.glob(text))
-    else:
-        urls = [text]
-    missing = [u for u in urls if "://" not in u and not Path(u).exists()]
-    if not urls or missing:
-        raise FileNotFoundError(
-            f"no shards found at {text!r}" + (f" (missing: {missing[:3]})" if missing else "")
-            + "; pass a folder of .tar shards, a glob or a brace pattern"
-        )
-    return urls
+        return sorted(str(p) for p in path.glob("*.tar") if not p.name.startswith("."))
+    if "://" in alternative or path.is_file():
+        return [alternative]
+    if any(ch in alternative for ch in "*?["):
+        return [url for match in sorted(glob.glob(alternative)) for url in _shards_at(match)]
+    return []
 
 
 class ShardWriter:
@@ -149,12 +164,19 @@ def _decode_sample(raw: dict[str, Any]) -> dict[str, Any]:
     return sample
 
 
+def has_caption(sample: dict[str, Any]) -> bool:
+    """Whether a decoded sample has a caption. An image without one (``unitok data folder`` keeps
+    them) still trains the image tokenizer but gives the LM no text to learn from."""
+    return bool(sample.get("caption", "").strip())
+
+
 def read_shards(
     source: str | os.PathLike | list[str],
     *,
     training: bool,
     samples_per_epoch: int | None = None,
     shuffle_buffer: int = 1000,
+    keep: Callable[[dict[str, Any]], bool] | None = None,
     transform: Callable[[dict[str, Any]], Any] | None = None,
     skip_counter: SkipCounter | None = None,
     seed: int = 0,
@@ -164,6 +186,7 @@ def read_shards(
     training=True: an endless resampled stream (split across DDP ranks and loader workers) cut
     into epochs of ``samples_per_epoch`` samples per rank and worker-set, shuffled in a buffer.
     training=False: one full, ordered pass over every shard on every rank.
+    ``keep`` leaves out the decoded samples it returns False for (on purpose, so not counted);
     ``transform`` maps each decoded sample (dict with ``image``/``codes``/``caption``/``meta``)
     to what the model consumes; failures there are skipped and counted like corrupt members.
     """
@@ -181,6 +204,8 @@ def read_shards(
             shardshuffle=False, handler=handler, empty_check=False,
         )
     dataset = dataset.map(_decode_sample, handler=handler)
+    if keep is not None:
+        dataset = dataset.select(keep)
     if transform is not None:
         dataset = dataset.map(transform, handler=handler)
     if training:

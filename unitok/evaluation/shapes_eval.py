@@ -38,9 +38,11 @@ from unitok.data.images import load_image
 from unitok.data.shapes_language import HELD_OUT_FAMILIES, TRAIN_FAMILIES
 from unitok.data.shapes_renderings import EVAL_VARIANTS, HELD_OUT
 from unitok.data.shapes_shards import scenes_for_split
+from unitok.errors import UserError
 from unitok.evaluation.scores import ATTRIBUTES, Rate, SceneScore, adds_to
 
 SUITES = ("drawing", "drawing_held_out", "captioning", "rewriting", "answering", "editing")
+PROBE_SCENES = 8  # held-out scenes a Shapes model must caption before it is evaluated
 GenerateFn = Callable[[list[str], int], list[Image.Image]]  # (prompts, seed) -> one image each
 CaptionFn = Callable[[list[Image.Image]], list[str]]
 RewriteFn = Callable[[list[str]], list[tuple[str, str, bool]]]  # prompts -> (restatement, unknown words, drawn?)
@@ -118,6 +120,21 @@ class ShapesEvaluation:
             lines += ["", f"{title}:", "", "| | n | right |", "|---|---|---|"]
             lines += [f"| {name} | {d['n']} | {100 * d['exact']:.1f}% |" for name, d in parts.items()]
         return "\n".join(lines) + "\n"
+
+
+def check_reads_shapes(caption: CaptionFn, image_size: int, name: str) -> None:
+    """Refuse a model that writes no Shapes caption for any of ``PROBE_SCENES`` held-out scenes.
+
+    Why by behaviour: nothing in a model folder says what data it learned (Shapes renders at any
+    size), and a model trained on anything else (photos) would score 100 % unreadable on every
+    suite, which looks like a result. A Shapes model learns the caption language early in training.
+    """
+    scenes = scenes_for_split("val", PROBE_SCENES, seed=0)
+    captions = caption([shapes.render(scene, image_size) for scene in scenes])
+    if not any(shapes_language.parse_caption(text) for text in captions):
+        raise UserError(f"{name} is not a Shapes model: none of {PROBE_SCENES} Shapes scenes got a Shapes caption "
+                        f"(it wrote {captions[0]!r}); `unitok eval shapes` scores models trained on "
+                        "`unitok data shapes` shards")
 
 
 def evaluate_shapes(

@@ -6,6 +6,7 @@ model is built), so the DataModule takes them from the LightningModule in ``setu
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterator
 from functools import partial
@@ -15,7 +16,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from unitok.data.shards import SkipCounter, iterate_samples, read_shards
+from unitok.data.shards import SkipCounter, has_caption, iterate_samples, read_shards
 from unitok.errors import UserError
 from unitok.lm.sequences import (
     Example,
@@ -125,6 +126,8 @@ def collate_examples(batch: list[list[Example]], vocab: UnifiedVocabulary) -> di
 
 class CodeShardDataModule(L.LightningDataModule):
     """Batches of unified sequences (every task of ``unitok.lm.sequences``) from code shards.
+    Samples without a caption (images ``unitok data folder`` found no caption for) are left out:
+    an empty caption would teach captioning to stop at once and drawing to ignore the prompt.
 
     Args:
         train_shards: folder, glob or brace pattern of training code shards.
@@ -184,8 +187,8 @@ class CodeShardDataModule(L.LightningDataModule):
         maker = ExampleMaker(tokenizer, vocab, self.mix, training=True, seed=self.hparams.seed)
         dataset = read_shards(
             self.hparams.train_shards, training=True, samples_per_epoch=self.hparams.samples_per_epoch,
-            shuffle_buffer=self.hparams.shuffle_buffer, transform=maker, skip_counter=self.skips,
-            seed=self.hparams.seed,
+            shuffle_buffer=self.hparams.shuffle_buffer, keep=has_caption, transform=maker,
+            skip_counter=self.skips, seed=self.hparams.seed,
         )
         return DataLoader(
             dataset, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers,
@@ -197,33 +200,40 @@ class CodeShardDataModule(L.LightningDataModule):
             return []
         tokenizer, vocab = self._model_text_side()
         maker = ExampleMaker(tokenizer, vocab, self.mix, training=False)
-        dataset = read_shards(self.hparams.val_shards, training=False, transform=maker, skip_counter=self.skips)
+        dataset = read_shards(self.hparams.val_shards, training=False, keep=has_caption, transform=maker,
+                              skip_counter=self.skips)
         if self.hparams.val_samples:
             dataset = dataset.slice(self.hparams.val_samples)
         return DataLoader(dataset, batch_size=self.hparams.batch_size, collate_fn=partial(collate_examples, vocab=vocab))
 
 
 def check_codes(source: str | list[str], vocab: UnifiedVocabulary) -> None:
-    """Fail before training when the shards' code grid or range does not fit the vocabulary.
+    """Fail before training when the shards' code grid or range does not fit the vocabulary, or
+    when no sample has a caption.
 
-    Without this, the reader's skip-and-count handler would drop every mismatched sample and
-    the endless training stream would never yield a batch.
+    Without this, the reader would drop every such sample (skipped as corrupt, or left out as
+    uncaptioned) and the endless training stream would never yield a batch.
     """
+    samples = iterate_samples(source)
     try:
-        sample = next(iterate_samples(source))
-    except FileNotFoundError as error:
-        raise UserError(str(error)) from error
+        sample = next(samples)
     except StopIteration:
-        raise UserError(f"no samples in {source}") from None
+        raise UserError(f"no readable sample in {source}: the shards are empty, or every member was skipped as "
+                        "corrupt (see the warnings above)") from None
     if "codes" not in sample:
         raise UserError(f"{source} holds image shards without codes.npy: make code shards with `unitok tokenize`")
-    meta = sample["meta"]  # `unitok tokenize` records the image tokenizer's geometry here
-    vocab.check_compatible(codebook_size=meta.get("codebook_size"),
-                           grid=tuple(meta["grid_size"]) if "grid_size" in meta else None)
-    codes = sample["codes"]
+    codes, meta = sample["codes"], sample["meta"]  # `unitok tokenize` records its tokenizer's geometry in meta
+    codebook, grid = meta.get("codebook_size"), tuple(meta.get("grid_size", codes.shape[:2]))
+    if codebook not in (None, vocab.codebook_size) or grid != vocab.grid:
+        made = f"{codebook} codes on a {grid} grid" if codebook is not None else f"a {grid} code grid"
+        raise UserError(f"the code shards {source} come from an image tokenizer with {made}, but the LM is built "
+                        f"for {vocab.codebook_size} codes on a {vocab.grid} grid (model.image_tokenizer): tokenize "
+                        "with the LM's image tokenizer, or build the LM for the one that made the shards")
     if tuple(codes.shape) != vocab.grid:
-        vocab.check_compatible(grid=tuple(codes.shape[-2:]))
         raise UserError(f"codes in {source} have shape {tuple(codes.shape)}, the vocabulary expects {vocab.grid}")
     if codes.min() < 0 or codes.max() >= vocab.codebook_size:
         raise UserError(f"codes in {source} lie in [{codes.min()}, {codes.max()}], outside the vocabulary's "
                         f"{vocab.codebook_size} codes: use the image tokenizer the LM was built for")
+    if not any(has_caption(s) for s in itertools.chain([sample], samples)):  # stops at the first caption
+        raise UserError(f"no sample in {source} has a caption, and the LM learns from captions: pass "
+                        "--captions to `unitok data folder` (images alone train only the image tokenizer)")
