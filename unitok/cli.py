@@ -25,7 +25,7 @@ class Command:
 
 COMMANDS: dict[str, Command] = {name: Command(f"unitok.commands.{name}", summary) for name, summary in (
     ("data", "write training shards (Shapes scenes or your own image folder)"),
-    ("tokenizer", "train, validate or export the image tokenizer (LightningCLI)"),
+    ("tokenizer", "train, validate or export the image tokenizer (LightningCLI); statistics of its codes"),
     ("tokenize", "pre-extract image codes from image shards into code shards"),
     ("lm", "train or export the unified language model (LightningCLI)"),
     ("generate", "text-to-image: draw images for prompts"),
