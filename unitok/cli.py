@@ -33,7 +33,7 @@ COMMANDS: dict[str, Command] = {name: Command(f"unitok.commands.{name}", summary
     ("ask", "visual question answering: answer a question about an image"),
     ("edit", "image editing: change an image as an instruction says"),
     ("serve", "serve captioning and text-to-image over HTTP"),
-    ("eval", "evaluate a model (Shapes scene accuracy)"),
+    ("eval", "evaluate a model: Shapes scene accuracy, tokenizer and caption metrics"),
 )}
 
 
