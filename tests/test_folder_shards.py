@@ -89,13 +89,14 @@ def coco_mini(tmp_path):
 
 
 def test_cli_turns_a_coco_folder_into_shards_and_reports_every_skip(coco_mini, tmp_path, capsys):
-    out = tmp_path / "shards"
+    out, captions = tmp_path / "shards", coco_mini / "annotations" / "captions_train2017.json"
     argv = ["data", "folder", "--images", str(coco_mini), "--out", str(out), "--size", "32",
-            "--captions", str(coco_mini / "annotations" / "captions_train2017.json"), "--shard-size", "4"]
+            "--captions", str(captions), "--shard-size", "4"]
     assert main(argv) == 0
     report = capsys.readouterr().out
     print(report)
     assert "wrote 7 images (32x32 JPEG) in 2 shards" in report
+    assert f"  {coco_mini}: 7 images; 2 without captions; 5 files skipped; captions: {captions}" in report
     assert "skipped 5 files:" in report
     assert f"{SKIP_CORRUPT}: 1 (val2017/000000000103.jpg)" in report
     assert f"{SKIP_EMPTY}: 1 (val2017/000000000104.png)" in report
@@ -191,8 +192,12 @@ def test_pixel_limit_and_stale_shards_and_empty_folders(tmp_path, capsys):
 
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "readme.md").write_text("no images here")
-    assert main(["data", "folder", "--images", str(tmp_path / "junk"), "--out", str(tmp_path / "none")]) == 1
-    assert "wrote 0 images" in capsys.readouterr().out
+    assert main(["data", "folder", "--images", str(tmp_path / "junk"), "--out", str(tmp_path / "none")]) == 2
+    assert "holds no jpg, png or webp images; other files: 1 (readme.md)" in capsys.readouterr().err
+    (tmp_path / "junk" / "photo.jpg").write_text("not a photo")
+    with pytest.raises(UserError, match=f"none of the 1 image could be read \\({SKIP_NOT_IMAGE}: 1\\)"):
+        write_folder_shards(tmp_path / "junk", tmp_path / "none", progress=False)
+    assert not (tmp_path / "none").exists()
     assert main(["data", "folder", "--images", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
     assert "is not a folder" in capsys.readouterr().err
 
