@@ -1,5 +1,8 @@
 """Image shards -> code shards: every image encoded once, for LM training (``unitok tokenize``).
 
+Every image reaches the encoder as ``ImageTransform.fit`` makes it: the tokenizer's own view, at
+the scale it trained on (``tokenizer.data``), so the LM learns the codes of what the tokenizer saw.
+
 Each output sample has ``codes.npy`` (int16 when the codebook fits, else int32; shape ``(h, w)``,
 or ``(h, w, Q)`` for a residual quantizer) and ``{name}.codes.npy`` for every extra image
 ``{name}.png`` of the input, the ``txt`` caption copied as is and the ``json`` metadata copied with

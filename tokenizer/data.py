@@ -22,12 +22,21 @@ from unitok.errors import UserError
 class ImageTransform:
     """Decoded sample -> image tensor, or (input, target) tensors when ``target_view`` names an
     extra image of the sample (e.g. ``clean``: the canonical render a degraded file should
-    reconstruct to). Training may take a random square crop (photos), the same for both; Shapes
-    images are used whole, because their layout (cells, positions) is the content."""
+    reconstruct to).
 
-    def __init__(self, image_size: int, random_crop: bool, min_crop_fraction: float = 0.5, seed: int = 0,
-                 target_view: str | None = None):
-        self.image_size, self.random_crop, self.min_crop_fraction = image_size, random_crop, min_crop_fraction
+    The one rule for the scale the tokenizer sees: its view of an H×W image is a square of side
+    min(H, W), resized to ``image_size`` by ``square_resize`` (antialiased). ``fit`` takes the
+    central square; that is what ``unitok tokenize`` encodes for the LM, and what validation,
+    evaluation and statistics see. Training with ``random_crop`` takes the same square at a random
+    place along the longer side, mirrored half the time (the same for input and target). Neither
+    changes the scale, so an object has as many pixels in a training image as in the codes the LM
+    learns from (zooming crops would teach the tokenizer a scale the LM never sees). Shapes shards,
+    and photos written by ``unitok data folder --size <image_size>``, are already ``image_size``
+    square: they reach the model unresized, and ``random_crop`` only mirrors them.
+    """
+
+    def __init__(self, image_size: int, random_crop: bool, seed: int = 0, target_view: str | None = None):
+        self.image_size, self.random_crop = image_size, random_crop
         self.seed, self.target_view, self._rng, self._rng_worker = seed, target_view, None, None
 
     def _generator(self) -> np.random.Generator:
@@ -44,19 +53,24 @@ class ImageTransform:
         views = [sample["image"]]
         if self.target_view is not None:
             views.append(sample["images"].get(self.target_view, sample["image"]))
-        height, width = views[0].shape[:2]
         if self.random_crop:
-            rng = self._generator()
-            side = int(min(height, width) * rng.uniform(self.min_crop_fraction, 1.0))
-            top, left = rng.integers(0, height - side + 1), rng.integers(0, width - side + 1)
-            flip = rng.random() < 0.5
-            views = [v[top:top + side, left:left + side][:, ::-1] if flip else v[top:top + side, left:left + side]
-                     for v in views]
+            views = self._random_square(views)
         tensors = [array_to_tensor(self.fit(v)) for v in views]
         return tensors[0] if len(tensors) == 1 else tuple(tensors)
 
+    def _random_square(self, views: list[np.ndarray]) -> list[np.ndarray]:
+        """The square ``fit`` would take (side min(H, W)), moved to a random place and mirrored
+        half the time: the same for every view."""
+        rng = self._generator()
+        height, width = views[0].shape[:2]
+        side = min(height, width)
+        top, left = rng.integers(0, height - side + 1), rng.integers(0, width - side + 1)
+        squares = [v[top:top + side, left:left + side] for v in views]
+        return [square[:, ::-1] for square in squares] if rng.random() < 0.5 else squares
+
     def fit(self, pixels: np.ndarray) -> np.ndarray:
-        """``pixels`` at the model's image size (the central square, antialiased)."""
+        """``pixels``' central square at the model's image size (antialiased; unchanged when it is
+        already that size): the tokenizer's view of an image."""
         if pixels.shape[:2] == (self.image_size, self.image_size):
             return pixels
         return np.asarray(square_resize(Image.fromarray(np.ascontiguousarray(pixels)), self.image_size))
@@ -89,11 +103,14 @@ class TokenizerDataModule(L.LightningDataModule):
     Args:
         train_shards: folder, glob or brace pattern of training ``.tar`` shards.
         val_shards: the same for validation (read in full, in order, on every rank).
-        image_size: side of the square images fed to the model (must match the model's config).
+        image_size: side of the square images fed to the model: the model's ``image_size``, which
+            ``unitok tokenize`` uses too (a different one is refused when training starts).
         batch_size: images per batch per device.
         samples_per_epoch: length of one training "epoch" of the endless resampled stream.
         num_workers: DataLoader worker processes.
-        random_crop: random square crops + flips for training (photos); off for Shapes.
+        random_crop: training squares at a random place along the longer side, mirrored half the
+            time, at the scale ``unitok tokenize`` sees (``ImageTransform``); photos. Off for Shapes,
+            whose layout (cells, positions, left and right) is the content.
         val_samples: cap on validation images (None: the whole validation set).
         target_view: an extra image member the model reconstructs instead of its input (``clean``:
             denoising, for shards that carry a clean render beside a degraded file).
@@ -120,8 +137,19 @@ class TokenizerDataModule(L.LightningDataModule):
         self.skipped = SkipCounter("shard member")
 
     def setup(self, stage: str) -> None:
+        self._check_image_size()
         if stage == "fit":
             check_images(self.hparams.train_shards)
+
+    def _check_image_size(self) -> None:
+        """Refuse images of another size than the model's: ``unitok tokenize`` brings images to the
+        model's size, so the tokenizer would learn objects at another scale than the LM sees."""
+        tokenizer = getattr(self.trainer.lightning_module, "tokenizer", None) if self.trainer else None
+        expected = getattr(tokenizer, "image_size", None)
+        if expected is not None and expected != self.hparams.image_size:
+            raise UserError(f"data.image_size is {self.hparams.image_size} but the tokenizer's image_size is "
+                            f"{expected}; `unitok tokenize` encodes images at {expected} px, so train at the "
+                            f"same size: set data.image_size to {expected}")
 
     def train_dataloader(self) -> DataLoader:
         h = self.hparams
