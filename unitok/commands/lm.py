@@ -2,7 +2,7 @@
 
 ``unitok lm fit|validate ...`` hands every following argument to LightningCLI, so ``--config``
 (several compose: later ones override), ``--print_config``, ``--ckpt_path`` and dotted overrides
-work as Lightning documents them. ``unitok lm export CKPT OUT_DIR`` is ours (``unitok.lm.export``).
+work as Lightning documents them. ``unitok lm export CKPT OUT_DIR [--adapter]`` is ours (``unitok.lm.export``).
 """
 
 from __future__ import annotations
@@ -35,10 +35,13 @@ def _export(rest: list[str]) -> int:
                                                  "with AutoModelForCausalLM (no trust_remote_code)")
     parser.add_argument("checkpoint", help="a .ckpt written by `unitok lm fit`")
     parser.add_argument("out_dir", help="output folder (replaced atomically if it exists)")
+    parser.add_argument("--adapter", action="store_true",
+                        help="a LoRA run (model.lora): write its adapter in peft's format beside the new embedding "
+                             "rows (a small folder that loads onto the base) instead of the merged model")
     args = parser.parse_args(rest)
     from unitok.lm.export import export_lm
 
     start = time.perf_counter()
-    out = export_lm(args.checkpoint, args.out_dir)
+    out = export_lm(args.checkpoint, args.out_dir, adapter=args.adapter)
     print(f"exported {args.checkpoint} to {out} in {time.perf_counter() - start:.1f} s")
     return 0

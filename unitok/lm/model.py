@@ -12,6 +12,7 @@ import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import (
@@ -29,8 +30,12 @@ from unitok.errors import UserError
 from unitok.lm.embedding_rows import draw_new_rows
 from unitok.lm.image_positions import image_positions_saved_apart, load_image_positions
 from unitok.lm.layout_upgrade import add_missing_specials
+from unitok.lm.lora import ADAPTER_CONFIG_FILE, adapter_base, apply_adapter, save_adapter
 from unitok.lm.text_tokenizer import check_tokenizer, extend_tokenizer, vocabulary_for
 from unitok.vocabulary import SPECIALS, VOCABULARY_FILE, UnifiedVocabulary
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 
 @dataclass
@@ -161,15 +166,37 @@ def save_unified_lm(
     return Path(out_dir)
 
 
+def save_adapter_folder(
+    peft_model: PeftModel, tokenizer: PreTrainedTokenizerBase, vocab: UnifiedVocabulary, base: str, out_dir: str | os.PathLike
+) -> Path:
+    """A LoRA run as a small folder (written atomically): peft's adapter files (their base is
+    ``base``), the new embedding rows, tokenizer files, the vocabulary and any image-position
+    table. ``load_unified_lm`` loads it onto the base, merged."""
+    model = peft_model.base_model.model
+    check_tokenizer(tokenizer, vocab)
+    vocab.check_compatible(lm_vocab_size=model.get_input_embeddings().num_embeddings)
+    with atomic_directory(out_dir) as tmp:
+        with image_positions_saved_apart(model, tmp):
+            save_adapter(peft_model, base, tmp)
+        tokenizer.save_pretrained(tmp)
+        vocab.save(tmp)
+    return Path(out_dir)
+
+
 def load_unified_lm(
     directory: str | os.PathLike, device: torch.device | str | None = None, dtype: torch.dtype | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, UnifiedVocabulary]:
-    """Load an exported UniTok LM folder as (model in eval mode, text tokenizer, vocabulary).
+    """Load an exported UniTok LM folder as (model in eval mode, text tokenizer, vocabulary); an
+    adapter folder (``save_adapter_folder``) is loaded onto its base with the adapters merged.
 
     Fails with a clear message when the model, the tokenizer and the vocabulary file disagree.
     """
     vocab = UnifiedVocabulary.load(directory)
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
+    if (Path(directory) / ADAPTER_CONFIG_FILE).is_file():
+        model = apply_adapter(_load_base(adapter_base(directory), dtype), vocab, directory)
+        _set_special_ids(model, vocab)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(directory)
     vocab.check_compatible(lm_vocab_size=model.get_input_embeddings().num_embeddings)
     check_tokenizer(tokenizer, vocab)
@@ -177,6 +204,17 @@ def load_unified_lm(
     if device is not None:
         model = model.to(device)
     return model.eval(), tokenizer, vocab
+
+
+def _load_base(name_or_path: str, dtype: torch.dtype | None) -> PreTrainedModel:
+    """The base an adapter folder was trained on: any HF causal LM, or a UniTok folder."""
+    if (Path(name_or_path) / VOCABULARY_FILE).is_file():
+        return load_unified_lm(name_or_path, dtype=dtype)[0]
+    try:
+        return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+    except OSError as error:
+        raise UserError(f"cannot load the adapter's base {name_or_path!r} ({error}); if it has moved, "
+                        f"set base_model_name_or_path in {ADAPTER_CONFIG_FILE}") from error
 
 
 def check_parts(

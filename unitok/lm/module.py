@@ -14,6 +14,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from transformers import AutoTokenizer
 
 from tokenizer.model import VQTokenizer
@@ -21,6 +22,7 @@ from unitok.callbacks import SaveFinalCheckpoint
 from unitok.errors import UserError
 from unitok.lm.data import caption_texts
 from unitok.lm.image_positions import attach_image_positions, lm_forward
+from unitok.lm.lora import LoraSettings, apply_lora, trainable_summary
 from unitok.lm.model import ScratchConfig, build_pretrained_lm, build_scratch_lm
 from unitok.lm.sequences import IGNORE, TASKS, next_token_losses
 from unitok.lm.text_tokenizer import train_bpe_tokenizer
@@ -68,6 +70,8 @@ class UnifiedLMModule(L.LightningModule):
         seed: seed of the new embedding rows of a pretrained LM.
         image_positions: give the LM a learned grid-cell embedding for image codes
             (``unitok.lm.image_positions``); an LM loaded with one keeps it either way.
+        lora: train LoRA adapters and the new embedding rows only, the ``pretrained`` base frozen
+            (``unitok.lm.lora``), e.g. ``{r: 8, alpha: 16, dropout: 0.0, target_modules: all-linear}``.
     """
 
     def __init__(
@@ -88,12 +92,18 @@ class UnifiedLMModule(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.95),
         seed: int = 0,
         image_positions: bool = False,
+        lora: LoraSettings | dict | None = None,
     ):
         super().__init__()
         # Stored as a plain dict so checkpoints load with torch.load(weights_only=True).
         scratch = ScratchConfig(**scratch) if isinstance(scratch, dict) else scratch or ScratchConfig()
-        self.save_hyperparameters(ignore=["scratch"])
+        lora = LoraSettings(**lora) if isinstance(lora, dict) else lora
+        if lora is not None and pretrained is None:
+            raise UserError("model.lora trains adapters on a pretrained LM: set model.pretrained (a hub id or folder), "
+                            "or drop model.lora to train a model from scratch")
+        self.save_hyperparameters(ignore=["scratch", "lora"])
         self.hparams["scratch"] = asdict(scratch)
+        self.hparams["lora"] = None if lora is None else asdict(lora)
         codebook_size, grid = image_geometry(image_tokenizer, codebook_size, grid)
         if pretrained is not None:
             self.model, self.text_tokenizer, self.vocabulary = build_pretrained_lm(
@@ -107,6 +117,12 @@ class UnifiedLMModule(L.LightningModule):
                 self.text_tokenizer, codebook_size, grid, scratch)
         if image_positions:
             attach_image_positions(self.model, self.vocabulary)
+        if lora is not None:
+            apply_lora(self.model, self.vocabulary, lora)
+
+    def on_fit_start(self) -> None:
+        if self.hparams.lora is not None:
+            rank_zero_info(trainable_summary(self.model))
 
     # -- loss and metrics ----------------------------------------------------------------------
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
@@ -176,6 +192,8 @@ class UnifiedLMModule(L.LightningModule):
             "tokenizer_files": tokenizer_files(self.text_tokenizer),
             "vocabulary": self.vocabulary.to_dict(),
         }
+        if self.hparams.lora is not None:  # the adapters' settings and base, for `unitok lm export`
+            checkpoint[CHECKPOINT_KEY]["lora"] = {"settings": self.hparams.lora, "base": self.hparams.pretrained}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         stored = UnifiedVocabulary.from_dict(checkpoint[CHECKPOINT_KEY]["vocabulary"])
