@@ -106,12 +106,14 @@ class CachedDecoder:
         """Use the head's rows directly only if that reproduces the model's logits bit for bit.
 
         Models that scale or soft-cap their logits after the head (Gemma 2, Cohere...) fail the
-        check and keep the full forward, which is always right, only slower.
+        check and keep the full forward, which is always right, only slower; so does a head whose
+        hooks rewrite its logits (a LoRA run's new rows, ``unitok.lm.lora``): the rows are compared
+        without calling the head, which would run the hooks.
         """
         head = self.model.get_output_embeddings()
         if not isinstance(head, torch.nn.Linear) or self._body is self.model:
             return
-        if not torch.equal(head(last_hidden), logits):
+        if not torch.equal(F.linear(last_hidden, head.weight, head.bias), logits):
             return
         self.head_weight = head.weight[self.id_range.start : self.id_range.stop]
         self.head_bias = None if head.bias is None else head.bias[self.id_range.start : self.id_range.stop]

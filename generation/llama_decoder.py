@@ -16,6 +16,8 @@ from unitok.lm.image_positions import DecodingSlots
 from unitok.lm.sequences import Prompt
 from unitok.vocabulary import UnifiedVocabulary
 
+PROJECTIONS = {"self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("gate_proj", "up_proj", "down_proj")}
+
 
 def supports(model: PreTrainedModel) -> bool:
     """True when ``LlamaDecoder`` reproduces this model's forward (checked by the tests)."""
@@ -26,8 +28,19 @@ def supports(model: PreTrainedModel) -> bool:
         config.hidden_act == "silu"
         and getattr(config, "pretraining_tp", 1) == 1
         and not model.training
-        and isinstance(model.lm_head, torch.nn.Linear)
+        and _weights_are_the_layers(model)
     )
+
+
+def _weights_are_the_layers(model: LlamaForCausalLM) -> bool:
+    """Whether the weights this path reads are all its layers compute: not where peft's LoRA layers
+    stand in for projections, nor where a hook rewrites the head's logits (the new rows of a LoRA
+    run in training, ``unitok.lm.lora``)."""
+    head = model.lm_head
+    if type(head) is not torch.nn.Linear or head._forward_hooks:
+        return False
+    return all(type(getattr(getattr(layer, block), name)) is torch.nn.Linear
+               for layer in model.model.layers for block, names in PROJECTIONS.items() for name in names)
 
 
 class LlamaDecoder:

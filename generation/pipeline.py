@@ -28,7 +28,7 @@ from generation.outputs import Generators, UniTokPipelineOutput, check_call, per
 from generation.rerank import candidate_generators, rerank, verification_scores
 from generation.rewriting import PromptRewrite, drawing_warnings, restate
 from generation.sampler import sample_image_codes
-from generation.settings import REWRITE_CONFIDENCE, DrawSettings, check_can_rewrite
+from generation.settings import DEFAULT_GUIDANCE_SCALE, REWRITE_CONFIDENCE, DrawSettings, check_can_rewrite
 from tokenizer.images import tensor_to_pil
 from tokenizer.model import VQTokenizer
 from unitok.atomic import atomic_directory
@@ -55,7 +55,7 @@ class UniTokPipeline(ImageTasksMixin, DiffusionPipeline):
         text_tokenizer: PreTrainedTokenizerBase,
         image_tokenizer: VQTokenizer,
         vocabulary: UnifiedVocabulary | None = None,
-        default_guidance_scale: float = 3.0,
+        default_guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
         default_temperature: float = 1.0,
         default_top_k: int | None = None,
         default_top_p: float | None = None,

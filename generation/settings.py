@@ -19,6 +19,7 @@ from unitok.errors import UserError
 if TYPE_CHECKING:
     from unitok.vocabulary import UnifiedVocabulary
 
+DEFAULT_GUIDANCE_SCALE = 3.0  # a model's drawings are guided this much unless its config or the caller says
 REWRITE_CONFIDENCE = 0.5  # a rewrite is drawn from only if the LM chose each of its tokens at least this sure
 CONSISTENCY_WARNING = 0.5  # an image the model judges less likely than this to show its prompt is flagged
 # The pipeline arguments that have a saved model default, each as ``default_<name>`` in its config.

@@ -31,6 +31,7 @@ LAYERS = {
     "unitok.atomic": "core",
     "unitok.schedules": "core",
     "unitok.precision": "core",
+    "unitok.progress_bar": "core",
     "unitok.callbacks": "core",
     "unitok.lightning_runs": "core",
     "unitok.lazy_exports": "core",

@@ -12,7 +12,7 @@ import yaml
 from unitok.errors import UserError
 from unitok.lightning_runs import launch_cli, read_checkpoint
 
-CONFIGS = sorted(Path("configs").glob("*/*.yaml"))
+CONFIGS = sorted(p for p in Path("configs").glob("*/*.yaml") if p.parent.name != "recipes")  # training configs
 
 
 class Tiny(L.LightningModule):

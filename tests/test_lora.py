@@ -16,11 +16,11 @@ import pytest
 import torch
 import yaml
 from test_lm import save_tiny_hub_model, write_code_shards
-from tiny_models import TINY_IMAGE_TOKENIZER
+from tiny_models import save_tiny_image_tokenizer
 from transformers import AutoModelForCausalLM
 
 from generation.pipeline import UniTokPipeline
-from tokenizer.model import VQTokenizer
+from generation.sampler import generate_captions, sample_image_codes
 from unitok.cli import main as unitok_main
 from unitok.errors import UserError
 from unitok.lm.data import CodeShardDataModule
@@ -39,9 +39,7 @@ LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
 
 @pytest.fixture(scope="module")
 def image_tokenizer(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("vq")
-    VQTokenizer(kmeans_init=False, **TINY_IMAGE_TOKENIZER).save_pretrained(folder)
-    return folder
+    return save_tiny_image_tokenizer(tmp_path_factory.mktemp("vq"))
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +157,19 @@ def test_the_pipeline_draws_and_captions_with_a_lora_model(trained, image_tokeni
     assert codes.shape == (1, *GRID) and 0 <= int(codes.min()) and int(codes.max()) < CODEBOOK
     captions = pipe.caption(images, max_new_tokens=8)
     assert len(captions) == 2 and all(isinstance(caption, str) for caption in captions)
+
+
+def test_the_model_in_training_samples_as_its_merged_export(trained, tmp_path):
+    """Validation previews sample the live model, adapters and new rows attached through peft
+    layers and hooks: the decoders must see them (and not read the frozen base weights alone)."""
+    merged, _, vocab = load_unified_lm(export_lm(trained.checkpoint, tmp_path / "merged"))
+    live = trained.module.model.eval()
+    prompts = [encode_text(trained.module.text_tokenizer, text) for text in ("a red circle", "a small blue square")]
+    drawn = [sample_image_codes(model, vocab, prompts, generator=[torch.Generator().manual_seed(i) for i in range(2)])
+             for model in (live, merged)]
+    assert torch.equal(*drawn)
+    captions = [generate_captions(model, vocab, drawn[0], max_new_tokens=8) for model in (live, merged)]
+    assert captions[0] == captions[1]
 
 
 def test_a_lora_run_from_yaml_logs_its_trainable_share_and_exports_both_ways(tmp_path, image_tokenizer, shards, caplog):

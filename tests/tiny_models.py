@@ -13,6 +13,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from generation.random_model import random_pipeline
+from tokenizer.model import VQTokenizer
 from unitok.lm.model import ScratchConfig, build_scratch_lm
 from unitok.vocabulary import UnifiedVocabulary
 
@@ -22,6 +23,12 @@ TINY_IMAGE_TOKENIZER = dict(image_size=16, block_out_channels=(8, 16, 16), norm_
                             latent_channels=8, quantizer="fsq", fsq_levels=(4, 4, 3))  # 48 codes
 TINY_VQ = dict(image_size=32, block_out_channels=[8, 16], layers_per_block=1, norm_num_groups=4, latent_channels=16,
                quantizer="vq", codebook_size=32, codebook_dim=4)
+
+
+def save_tiny_image_tokenizer(folder):
+    """An untrained ``TINY_IMAGE_TOKENIZER`` saved as an exported tokenizer folder; returns ``folder``."""
+    VQTokenizer(kmeans_init=False, **TINY_IMAGE_TOKENIZER).save_pretrained(folder)
+    return folder
 
 
 def tiny_pipeline(initializer_range: float = TINY_LM.initializer_range, **options):

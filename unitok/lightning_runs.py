@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jsonargparse import Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.cli import LightningCLI
@@ -21,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from unitok.errors import UserError
 from unitok.precision import training_precision
+from unitok.progress_bar import TimeBudgetProgressBar
 
 
 class UniTokCLI(LightningCLI):
@@ -33,11 +35,25 @@ class UniTokCLI(LightningCLI):
         if config.trainer.precision is None:
             config.trainer.precision, reason = training_precision(config.trainer.accelerator)
             rank_zero_info(reason)
+        add_time_budget_progress_bar(config.trainer)
 
     def before_fit(self) -> None:
         ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
         if ckpt_path is not None and Path(ckpt_path).is_file():  # not "last" / "hpc": Lightning resolves those
             check_budget_left(self.trainer, read_checkpoint(ckpt_path, written_by="fit"), ckpt_path)
+
+
+def add_time_budget_progress_bar(trainer: Namespace) -> None:
+    """Our progress bar (an ETA within ``max_time``, ``unitok.progress_bar``) in place of
+    Lightning's default one, unless the bar is off or the config names a bar of its own."""
+    if trainer.enable_progress_bar is False:
+        return
+    callbacks = trainer.callbacks
+    callbacks = [] if callbacks is None else list(callbacks) if isinstance(callbacks, list) else [callbacks]
+    if any("ProgressBar" in str(getattr(callback, "class_path", type(callback).__name__)) for callback in callbacks):
+        return
+    trainer.callbacks = [*callbacks, Namespace(class_path=f"{TimeBudgetProgressBar.__module__}.TimeBudgetProgressBar",
+                                               init_args=Namespace())]
 
 
 def check_budget_left(trainer: Trainer, checkpoint: dict[str, Any], path: str | os.PathLike) -> None:

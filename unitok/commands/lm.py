@@ -23,9 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.action == "export":
         return _export(args.rest)
+    from unitok.evaluation.val_previews import ValidationPreviews
     from unitok.lm.training import run_lm_cli
 
-    run_lm_cli([args.action, *args.rest])
+    run_lm_cli([args.action, *args.rest], callbacks=[ValidationPreviews()])
     return 0
 
 

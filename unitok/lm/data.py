@@ -195,6 +195,13 @@ class CodeShardDataModule(L.LightningDataModule):
             collate_fn=partial(collate_examples, vocab=vocab), persistent_workers=self.hparams.num_workers > 0,
         )
 
+    def first_val_samples(self, count: int) -> list[dict[str, Any]]:
+        """The first ``count`` validation samples validation reads (the captioned ones), decoded
+        (``key``, ``caption``, ``codes``, ``meta``), in shard order: the same ones every time."""
+        if not self.hparams.val_shards or count <= 0:
+            return []
+        return list(itertools.islice(filter(has_caption, iterate_samples(self.hparams.val_shards)), count))
+
     def val_dataloader(self) -> DataLoader:
         if not self.hparams.val_shards:
             return []

@@ -72,6 +72,13 @@ class UnifiedLMModule(L.LightningModule):
             (``unitok.lm.image_positions``); an LM loaded with one keeps it either way.
         lora: train LoRA adapters and the new embedding rows only, the ``pretrained`` base frozen
             (``unitok.lm.lora``), e.g. ``{r: 8, alpha: 16, dropout: 0.0, target_modules: all-linear}``.
+        val_previews: at the end of each validation (not the sanity check), the LM draws the
+            captions of the first N captioned validation samples and captions their codes, the same
+            samples and seeds every time; ``RUN/samples/step_{step:06d}.jsonl`` gets each sample's
+            reference and the model's caption, ``.png`` the samples' images (top row) above the
+            drawings (bottom row), the latter only with ``image_tokenizer`` (its decoder renders
+            codes). Written by ``unitok lm fit|validate`` (``unitok.evaluation.val_previews``) on
+            the first rank; 0 turns it off.
     """
 
     def __init__(
@@ -93,6 +100,7 @@ class UnifiedLMModule(L.LightningModule):
         seed: int = 0,
         image_positions: bool = False,
         lora: LoraSettings | dict | None = None,
+        val_previews: int = 4,
     ):
         super().__init__()
         # Stored as a plain dict so checkpoints load with torch.load(weights_only=True).
@@ -101,6 +109,8 @@ class UnifiedLMModule(L.LightningModule):
         if lora is not None and pretrained is None:
             raise UserError("model.lora trains adapters on a pretrained LM: set model.pretrained (a hub id or folder), "
                             "or drop model.lora to train a model from scratch")
+        if val_previews < 0:
+            raise UserError(f"model.val_previews must be >= 0 (0: no previews), got {val_previews}")
         self.save_hyperparameters(ignore=["scratch", "lora"])
         self.hparams["scratch"] = asdict(scratch)
         self.hparams["lora"] = None if lora is None else asdict(lora)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import lightning as L
+
 from unitok.lightning_runs import UniTokCLI, launch_cli
 from unitok.lm.data import CodeShardDataModule
 from unitok.lm.module import UnifiedLMModule
@@ -13,6 +17,9 @@ class UnifiedLMCLI(UniTokCLI):
         parser.link_arguments("data.train_shards", "model.tokenizer_captions")
 
 
-def run_lm_cli(args: list[str], run: bool = True) -> UnifiedLMCLI:
-    """Parse ``args`` (``fit --config ...``; without the subcommand when ``run=False``) and run."""
-    return launch_cli(UnifiedLMModule, CodeShardDataModule, args, cli_class=UnifiedLMCLI, run=run)
+def run_lm_cli(args: list[str], run: bool = True, callbacks: Sequence[L.Callback] = ()) -> UnifiedLMCLI:
+    """Parse ``args`` (``fit --config ...``; without the subcommand when ``run=False``) and run;
+    ``callbacks`` join the config's (the validation previews that ``unitok lm`` adds, which live
+    in a layer above this one)."""
+    return launch_cli(UnifiedLMModule, CodeShardDataModule, args, cli_class=UnifiedLMCLI, run=run,
+                      trainer_defaults={"callbacks": list(callbacks)} if callbacks else None)

@@ -1,0 +1,53 @@
+"""The training progress bar's total (hence tqdm's ETA) honours trainer.max_time."""
+
+import lightning as L
+import yaml
+from test_lightning_runs import Tiny
+
+from unitok.lightning_runs import launch_cli
+from unitok.progress_bar import TimeBudgetProgressBar
+
+
+class RecordTotals(L.Callback):
+    def __init__(self):
+        self.totals: list[int] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        bar = next(c for c in trainer.callbacks if isinstance(c, TimeBudgetProgressBar))
+        self.totals.append(bar.train_progress_bar.total)
+
+
+def test_a_time_capped_run_shows_the_steps_its_time_allows(tmp_path):
+    recorder = RecordTotals()
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_model_summary=False,
+                        max_time={"seconds": 3}, callbacks=[TimeBudgetProgressBar(), recorder],
+                        default_root_dir=tmp_path)
+    trainer.fit(Tiny(step_seconds=0.05))
+    steps = trainer.global_step
+    assert 20 <= steps <= 70  # 3 s of 0.05 s steps
+    assert recorder.totals[0] == 10_000  # Lightning's epoch length until the rate is measured
+    # Once measured, the total is the steps the cap allows: near the steps the run really made.
+    assert all(abs(total - steps) <= 0.35 * steps for total in recorder.totals[10:])
+
+
+def test_without_a_time_cap_the_total_is_lightnings(tmp_path):
+    recorder = RecordTotals()
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_model_summary=False,
+                        max_steps=12, callbacks=[TimeBudgetProgressBar(), recorder], default_root_dir=tmp_path)
+    trainer.fit(Tiny())
+    assert set(recorder.totals) == {12}
+
+
+def test_unitok_fit_uses_it_unless_the_bar_is_off_or_chosen(tmp_path):
+    def trainer_callbacks(**trainer_settings) -> list[str]:
+        config = tmp_path / "run.yaml"
+        config.write_text(yaml.safe_dump({"trainer": {"accelerator": "cpu", "logger": False, "max_steps": 1,
+                                                      "default_root_dir": str(tmp_path / "run"),
+                                                      "enable_checkpointing": False, **trainer_settings}}))
+        cli = launch_cli(Tiny, None, ["fit", "--config", str(config)])
+        return [type(callback).__name__ for callback in cli.trainer.callbacks]
+
+    assert "TimeBudgetProgressBar" in trainer_callbacks()
+    assert not any("ProgressBar" in name for name in trainer_callbacks(enable_progress_bar=False))
+    chosen = trainer_callbacks(callbacks=[{"class_path": "lightning.pytorch.callbacks.RichProgressBar"}])
+    assert "RichProgressBar" in chosen and "TimeBudgetProgressBar" not in chosen
