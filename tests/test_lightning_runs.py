@@ -89,3 +89,26 @@ def test_an_empty_checkpoint_file_is_a_one_line_error(tmp_path):
     (tmp_path / "cut.ckpt").write_bytes(b"")
     with pytest.raises(UserError, match="not a readable checkpoint"):
         read_checkpoint(tmp_path / "cut.ckpt", written_by="unitok lm fit")
+
+
+def test_default_root_dir_moves_a_shipped_config_s_logs_and_checkpoints(tmp_path, monkeypatch):
+    """The shipped configs name their run folder once (trainer.default_root_dir): overriding it on
+    the command line moves the logs and checkpoints with it, and nothing lands elsewhere."""
+    shipped = yaml.safe_load(Path("configs/lm/shapes-tiny.yaml").read_text())["trainer"]
+    trainer = {key: shipped[key] for key in ("default_root_dir", "callbacks")}
+    trainer["callbacks"] = [c for c in trainer["callbacks"] if c["class_path"].endswith("ModelCheckpoint")]
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"trainer": {**trainer, "accelerator": "cpu", "enable_progress_bar": False,
+                                                  "enable_model_summary": False, "log_every_n_steps": 1}}))
+    monkeypatch.chdir(tmp_path)
+    launch_cli(Tiny, None, ["fit", "--config", str(config), "--trainer.max_steps", "3",
+                            "--trainer.default_root_dir", str(tmp_path / "mine")])
+    assert read_checkpoint(tmp_path / "mine" / "checkpoints" / "last.ckpt", written_by="fit")["global_step"] == 3
+    assert (tmp_path / "mine" / "logs" / "version_0" / "config.yaml").is_file()  # saved in the CSV logger's folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "run.yaml"]  # not runs/shapes-tiny
+
+
+def test_a_config_that_names_its_outputs_keeps_them(tmp_path):
+    fit(tmp_path, "--trainer.max_steps", "2")  # logger: false, ModelCheckpoint.dirpath set
+    assert (tmp_path / "ckpt" / "last.ckpt").is_file()
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "logs").exists()

@@ -103,7 +103,7 @@ def test_tokenize_writes_code_shards_with_captions_and_meta(shards, tmp_path):
 
 def test_tokenize_rejects_a_folder_that_is_not_a_tokenizer(shards, tmp_path, capsys):
     assert main(["tokenize", "--tokenizer", str(tmp_path), "--shards", str(shards / "train"), "--out", str(tmp_path / "o")]) == 2
-    assert "not a tokenizer folder" in capsys.readouterr().err
+    assert "is not an image tokenizer folder (no config.json)" in capsys.readouterr().err
 
 
 def test_two_folder_shard_sets_tokenize_into_one_set_with_unique_keys(tmp_path, capsys):

@@ -176,7 +176,7 @@ def write_code_shards(out: Path, grids: np.ndarray, codebook_size: int) -> None:
 
 
 @pytest.mark.parametrize("case, message", [
-    ("no tokenizer", "is not a tokenizer folder (no config.json)"),
+    ("no tokenizer", "does not exist (pass a folder from `unitok tokenizer export`, or a shipped tokenizer: photo128)"),
     ("no shards", "no shards found at"),
     ("max images", "--max-images must be >= 1, got 0"),
     ("codebook", "the code shards were made by a tokenizer with 1000 codes (sample '0000'), but --tokenizer has 48"),

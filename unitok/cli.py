@@ -28,6 +28,8 @@ COMMANDS: dict[str, Command] = {name: Command(f"unitok.commands.{name}", summary
     ("tokenizer", "train, validate or export the image tokenizer (LightningCLI); statistics of its codes"),
     ("tokenize", "pre-extract image codes from image shards into code shards"),
     ("lm", "train or export the unified language model (LightningCLI)"),
+    ("assemble", "save an exported LM and an image tokenizer as one pipeline folder"),
+    ("train", "the whole recipe on your images: shards, tokenizer, codes, LM, pipeline (resumable)"),
     ("generate", "text-to-image: draw images for prompts"),
     ("caption", "image captioning: describe images"),
     ("ask", "visual question answering: answer a question about an image"),

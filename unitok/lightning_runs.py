@@ -35,12 +35,34 @@ class UniTokCLI(LightningCLI):
         if config.trainer.precision is None:
             config.trainer.precision, reason = training_precision(config.trainer.accelerator)
             rank_zero_info(reason)
+        place_outputs_under_root(config.trainer)
         add_time_budget_progress_bar(config.trainer)
 
     def before_fit(self) -> None:
         ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
         if ckpt_path is not None and Path(ckpt_path).is_file():  # not "last" / "hpc": Lightning resolves those
             check_budget_left(self.trainer, read_checkpoint(ckpt_path, written_by="fit"), ckpt_path)
+
+
+CHECKPOINTS = "checkpoints"  # a run's checkpoints: <trainer.default_root_dir>/checkpoints
+LOGS = "logs"  # its CSV logs: <trainer.default_root_dir>/logs/version_N
+
+
+def place_outputs_under_root(trainer: Namespace) -> None:
+    """Put what a run writes under ``trainer.default_root_dir`` (the working directory when unset)
+    wherever the config leaves the place open: a CSV logger in ``ROOT/logs`` when it names no
+    logger (``logger: false`` keeps none), and ``ROOT/checkpoints`` for each ``ModelCheckpoint``
+    without a ``dirpath``. Why: the configs then name their run folder once, so
+    ``--trainer.default_root_dir runs/mine`` moves the whole run, and a resume finds its
+    ``last.ckpt`` in one folder (Lightning's own default is a new ``version_N`` folder per run)."""
+    root = Path(trainer.default_root_dir or os.getcwd())
+    if trainer.logger is None or trainer.logger is True:
+        trainer.logger = Namespace(class_path="lightning.pytorch.loggers.CSVLogger",
+                                   init_args=Namespace(save_dir=str(root), name=LOGS))
+    callbacks = trainer.callbacks if isinstance(trainer.callbacks, list) else [trainer.callbacks]
+    for callback in callbacks:
+        if str(getattr(callback, "class_path", "")).endswith("ModelCheckpoint") and callback.init_args.dirpath is None:
+            callback.init_args.dirpath = str(root / CHECKPOINTS)
 
 
 def add_time_budget_progress_bar(trainer: Namespace) -> None:

@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from unitok.default_model import resolve_model_dir
+from unitok.default_model import EMBEDDED_TOKENIZERS, resolve_model_dir
 from unitok.errors import UserError
 
 if TYPE_CHECKING:
@@ -39,6 +39,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              "CPUs with bf16 units, fp16 on GPUs without bf16, else fp32); default: fp32 on a CPU, "
                              "bf16 (or fp16) on a GPU")
     add_threads_argument(parser)
+
+
+def add_tokenizer_argument(parser: argparse.ArgumentParser) -> None:
+    """``--tokenizer``, resolved by ``unitok.default_model.resolve_tokenizer_dir`` in ``run``."""
+    parser.add_argument("--tokenizer", required=True, metavar="DIR",
+                        help="an image tokenizer folder (unitok tokenizer export), or a shipped one by name: "
+                             + ", ".join(EMBEDDED_TOKENIZERS))
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:

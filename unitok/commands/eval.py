@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,13 +20,14 @@ from unitok.commands._options import (
     add_runtime_arguments,
     add_sampling_arguments,
     add_threads_argument,
+    add_tokenizer_argument,
     check_runtime_arguments,
     load_pipeline,
     sampling_values,
     set_threads,
     show_progress,
 )
-from unitok.default_model import MODEL_INDEX, resolve_model_dir
+from unitok.default_model import folder_kind, resolve_model_dir, resolve_tokenizer_dir
 from unitok.errors import UserError
 
 CAPTION_SUITES = ("captions", "cycle")  # unitok.evaluation.caption_eval.SUITES, without importing torch
@@ -36,8 +36,7 @@ CAPTION_SUITES = ("captions", "cycle")  # unitok.evaluation.caption_eval.SUITES,
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="suite", required=True, metavar="SUITE")
     tokenizer = sub.add_parser("tokenizer", help="an image tokenizer: PSNR, SSIM, codebook usage, reconstructions")
-    tokenizer.add_argument("--tokenizer", required=True, metavar="DIR",
-                           help="an image tokenizer folder (`unitok tokenizer export`)")
+    add_tokenizer_argument(tokenizer)
     tokenizer.add_argument("--shards", required=True, metavar="PATTERN",
                            help="held-out image shards: folder, glob or brace pattern")
     tokenizer.add_argument("--num", type=int, default=None, metavar="N", help="the first N images (default: all)")
@@ -83,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_tokenizer(args: argparse.Namespace) -> int:
     check_runtime_arguments(args)
-    folder = tokenizer_dir(args.tokenizer)
+    folder = resolve_tokenizer_dir(args.tokenizer)
     from unitok.data.shards import shard_urls
 
     shard_urls(args.shards)  # a bad pattern fails here, before the model loads
@@ -103,47 +102,13 @@ def run_tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
-def tokenizer_dir(name: str) -> Path:
-    """``--tokenizer DIR`` checked to be an image tokenizer folder (not a pipeline or an LM)."""
-    folder = Path(name).expanduser()
-    if not folder.is_dir():
-        raise UserError(f"tokenizer folder {folder} does not exist")
-    kind = _folder_kind(folder)
-    if kind == "pipeline":
-        raise UserError(f"{folder} is a UniTok pipeline; its image tokenizer is {folder / 'image_tokenizer'}")
-    if kind is None:
-        raise UserError(f"{folder} is not an image tokenizer folder (no config.json); make one with "
-                        "`unitok tokenizer export`")
-    if kind != "VQTokenizer":
-        raise UserError(f"{folder} holds a {kind}, not an image tokenizer (VQTokenizer); "
-                        "`unitok eval captions --model PIPELINE` evaluates the language model")
-    return folder
-
-
-def _folder_kind(folder: Path) -> str | None:
-    """What a model folder holds: "pipeline" (a ``model_index.json``), else the class its
-    ``config.json`` names (diffusers' ``_class_name`` or a transformers ``architectures`` entry),
-    "model of unknown kind" when it names none, None without a config."""
-    if (folder / MODEL_INDEX).is_file():
-        return "pipeline"
-    config = folder / "config.json"
-    if not config.is_file():
-        return None
-    try:
-        data = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UserError(f"cannot read {config}: {error}") from None
-    named = isinstance(data, dict) and (data.get("_class_name") or next(iter(data.get("architectures") or []), None))
-    return named or "model of unknown kind"
-
-
 def run_captions(args: argparse.Namespace) -> int:
     suites = tuple(s.strip() for s in args.suites.split(",") if s.strip())
     if not suites or set(suites) - set(CAPTION_SUITES):
         raise UserError(f"--suites takes a comma-separated subset of {','.join(CAPTION_SUITES)}, got {args.suites!r}")
     chosen = sampling_values(args)
     check_runtime_arguments(args)
-    if args.model is not None and Path(args.model).is_dir() and _folder_kind(Path(args.model)) == "VQTokenizer":
+    if args.model is not None and Path(args.model).is_dir() and folder_kind(Path(args.model)) == "VQTokenizer":
         raise UserError(f"{args.model} is an image tokenizer; evaluate it with `unitok eval tokenizer --tokenizer "
                         f"{args.model}`, and pass a UniTok pipeline folder to --model")
     model_dir = resolve_model_dir(args.model)

@@ -7,12 +7,17 @@ import argparse
 import time
 from pathlib import Path
 
-from unitok.commands._options import add_threads_argument, check_runtime_arguments, set_threads
-from unitok.errors import UserError
+from unitok.commands._options import (
+    add_threads_argument,
+    add_tokenizer_argument,
+    check_runtime_arguments,
+    set_threads,
+)
+from unitok.default_model import resolve_tokenizer_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tokenizer", required=True, help="a tokenizer folder (unitok tokenizer export)")
+    add_tokenizer_argument(parser)
     parser.add_argument("--shards", required=True, help="image shards: folder, glob or brace pattern")
     parser.add_argument("--out", required=True, help="output folder for the code shards")
     parser.add_argument("--prefix", help="shard file prefix (default: the output folder's name)")
@@ -22,9 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    tokenizer_dir = Path(args.tokenizer)
-    if not (tokenizer_dir / "config.json").is_file():
-        raise UserError(f"{tokenizer_dir} is not a tokenizer folder (no config.json); make one with 'unitok tokenizer export'")
+    tokenizer_dir = resolve_tokenizer_dir(args.tokenizer)
     check_runtime_arguments(args)
     from tokenizer.code_shards import tokenize_shards
     from tokenizer.model import VQTokenizer

@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from unitok.commands._options import add_threads_argument, check_runtime_arguments, set_threads
+from unitok.commands._options import (
+    add_threads_argument,
+    add_tokenizer_argument,
+    check_runtime_arguments,
+    set_threads,
+)
+from unitok.default_model import resolve_tokenizer_dir
 from unitok.errors import UserError
 
 ACTIONS = ("fit", "validate", "export", "stats")
@@ -35,7 +40,7 @@ def stats_parser() -> argparse.ArgumentParser:
                     "and mutual information, per-position usage, and an atlas of the most frequent codes. "
                     "Writes stats.json and PNG plots (docs/visual-tokens.md).",
     )
-    parser.add_argument("--tokenizer", required=True, metavar="DIR", help="a tokenizer folder (unitok tokenizer export)")
+    add_tokenizer_argument(parser)
     parser.add_argument("--shards", required=True, metavar="PATTERN",
                         help="image shards or code shards: folder, glob or brace pattern")
     parser.add_argument("--out", default="token-stats", metavar="DIR",
@@ -66,9 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    tokenizer_dir = Path(args.tokenizer)
-    if not (tokenizer_dir / "config.json").is_file():
-        raise UserError(f"{tokenizer_dir} is not a tokenizer folder (no config.json); make one with 'unitok tokenizer export'")
+    tokenizer_dir = resolve_tokenizer_dir(args.tokenizer)
     if args.max_images is not None and args.max_images < 1:
         raise UserError(f"--max-images must be >= 1, got {args.max_images}")
     check_runtime_arguments(args)
