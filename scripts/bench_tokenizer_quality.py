@@ -1,18 +1,22 @@
-"""Reconstruction quality of the tokenizers: Shapes figures, and photo128 vs diffusers' VQModel.
+"""Reconstruction quality of the tokenizers: Shapes figures, and ours vs diffusers' VQModel on photos.
 
     python scripts/bench_tokenizer_quality.py shapes --tokenizer runs/shapes64/export --shards data/shapes/val
     python scripts/bench_tokenizer_quality.py photos --train-shards data/photos/train \
-        --val-shards data/photos/val --steps 300
+        --val-shards data/photos/val --max-time 00:45:00 [--ours runs/photos/tokenizer/export]
 
 ``shapes``: PSNR on held-out scenes, scene accuracy of ``analyze(decode(encode(x)))`` against the
 true scene, codebook usage and perplexity over the same images.
 
 ``photos``: both tokenizers get the same diffusers Encoder/Decoder sizes (from configs/tokenizer/photo128.yaml),
-codebook size, data, steps, seed and training loop (our TokenizerModule); only the quantizer
-differs: ours (vector-quantize-pytorch, cosine-sim, k-means init, dead-code replacement) vs
-``VQModel``'s built-in straight-through ``VectorQuantizer``. Evaluation: PSNR/SSIM on the colour
-photos that scikit-image ships (center-cropped and resized, never trained on) and codebook usage
-on the validation shards. Prints one table.
+codebook size, data, seed, training loop (our TokenizerModule) and the same budget: ``--max-time``
+of wall time (``--steps`` for a step count); only the quantizer differs: ours (vector-quantize-pytorch,
+cosine-sim, k-means init, dead-code replacement) vs ``VQModel``'s built-in straight-through
+``VectorQuantizer``. ``--ours EXPORT`` evaluates a tokenizer already trained for that budget (e.g.
+by ``unitok train``) instead of training ours here; its training time is read from its run's
+metrics. Beside them, bicubic down- and up-sampling by the tokenizer's factor: a 16x16 RGB image
+spends 16*16*3*8 = 6,144 bits where 16x16 codes of 1,024 spend 2,560. Evaluation: PSNR/SSIM on the
+held-out shards and on the colour photos that scikit-image ships (center-cropped and resized, never
+trained on); codebook usage and perplexity on the held-out shards; training throughput. One table.
 """
 
 from __future__ import annotations
@@ -61,38 +65,81 @@ class StockVQ(nn.Module):
         return TokenizerOutput(reconstruction, indices.long(), loss, latents)
 
 
-def train(config: dict, tokenizer: nn.Module | None, args: argparse.Namespace, root: Path) -> TokenizerModule:
+def train(config: dict, tokenizer: nn.Module | None, args: argparse.Namespace, root: Path) -> tuple[TokenizerModule, int]:
+    """Train for ``args.max_time`` (or ``args.steps``); returns the module in eval mode and its steps."""
     L.seed_everything(args.seed)
     module = TokenizerModule(**config["model"])
     if tokenizer is not None:
         module.tokenizer = tokenizer
     data = TokenizerDataModule(**{**config["data"], "train_shards": args.train_shards, "val_shards": args.val_shards,
                                   "seed": args.seed})
+    budget = {"max_time": args.max_time, "max_steps": -1} if args.max_time else {"max_steps": args.steps}
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, precision=config["trainer"].get("precision") or training_precision("cpu")[0], max_steps=args.steps,
+        accelerator="cpu", devices=1, precision=config["trainer"].get("precision") or training_precision("cpu")[0],
         limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=root, **budget,
     )
     trainer.fit(module, datamodule=data)
-    return module.eval()
+    return module.eval(), trainer.global_step
+
+
+def trained_elsewhere(export: Path) -> tuple[nn.Module, int, float]:
+    """An exported tokenizer, with the steps and training seconds of its run (its ``last.ckpt``
+    beside the export, as ``unitok tokenizer fit`` and ``unitok train`` leave it)."""
+    from lightning.pytorch.callbacks import Timer
+
+    from tokenizer import VQTokenizer
+    from unitok.lightning_runs import read_checkpoint
+
+    checkpoint = read_checkpoint(export.parent / "checkpoints" / "last.ckpt", written_by="unitok tokenizer fit")
+    timer_state = checkpoint.get("callbacks", {}).get(Timer(duration="00:00:01:00").state_key, {})
+    seconds = timer_state.get("time_elapsed", {}).get("train")
+    if seconds is None:
+        raise SystemExit(f"{export.parent}/checkpoints/last.ckpt has no training time (train it with a max_time)")
+    return VQTokenizer.from_pretrained(export, low_cpu_mem_usage=False).eval(), checkpoint["global_step"], seconds
 
 
 @torch.no_grad()
-def evaluate(module: TokenizerModule, photos: torch.Tensor, val_loader) -> dict[str, float]:
-    out = module.tokenizer(photos)
-    reconstruction = out.reconstruction.float().clamp(-1, 1)
-    counts = torch.zeros(module.tokenizer.codebook_size, dtype=torch.long)
+def evaluate(tokenizer: nn.Module, photos: torch.Tensor, val_loader) -> dict[str, float]:
+    """PSNR/SSIM of the reconstructions of the held-out shards and of ``photos``; code usage."""
+    counts = torch.zeros(tokenizer.codebook_size, dtype=torch.long)
+    val_psnr, val_ssim, images_seen = 0.0, 0.0, 0
     for images in val_loader:
-        codes = module.tokenizer(images).codes
-        counts += torch.bincount(codes.flatten(), minlength=counts.numel())
+        out = tokenizer(images)
+        counts += torch.bincount(out.codes.flatten(), minlength=counts.numel())
+        psnr_sum, ssim_sum = reconstruction_scores(out.reconstruction, images)
+        val_psnr, val_ssim, images_seen = val_psnr + psnr_sum, val_ssim + ssim_sum, images_seen + len(images)
+    photo_psnr, photo_ssim = reconstruction_scores(tokenizer(photos).reconstruction, photos)
     probabilities = counts.double() / counts.sum()
     nonzero = probabilities[probabilities > 0]
     return {
-        "psnr": float(psnr(reconstruction, photos).mean()),
-        "ssim": float(structural_similarity_index_measure((reconstruction + 1) / 2, (photos + 1) / 2, data_range=1.0)),
+        "val_psnr": val_psnr / images_seen, "val_ssim": val_ssim / images_seen,
+        "psnr": photo_psnr / len(photos), "ssim": photo_ssim / len(photos),
         "usage": 100.0 * float((counts > 0).sum()) / counts.numel(),
         "perplexity": float((-(nonzero * nonzero.log()).sum()).exp()),
     }
+
+
+def reconstruction_scores(reconstruction: torch.Tensor, images: torch.Tensor) -> tuple[float, float]:
+    """Sums over the batch of PSNR (dB) and SSIM, images in [-1, 1]."""
+    reconstruction = reconstruction.float().clamp(-1, 1)
+    ssim = structural_similarity_index_measure((reconstruction + 1) / 2, (images + 1) / 2, data_range=1.0,
+                                               reduction="none")
+    return float(psnr(reconstruction, images).sum()), float(ssim.sum())
+
+
+class Bicubic(nn.Module):
+    """Bicubic down- and up-sampling by ``factor`` (antialiased down), as a tokenizer-shaped baseline."""
+
+    def __init__(self, factor: int):
+        super().__init__()
+        self.factor, self.codebook_size = factor, 1
+
+    def forward(self, images: torch.Tensor) -> TokenizerOutput:
+        size = images.shape[-1]
+        small = torch.nn.functional.interpolate(images, size=size // self.factor, mode="bicubic", antialias=True)
+        reconstruction = torch.nn.functional.interpolate(small, size=size, mode="bicubic")
+        return TokenizerOutput(reconstruction, torch.zeros(1, dtype=torch.long), torch.zeros(()), small)
 
 
 def skimage_photos(size: int) -> torch.Tensor:
@@ -142,11 +189,14 @@ def main() -> None:
     shapes.add_argument("--tokenizer", required=True, help="exported tokenizer folder")
     shapes.add_argument("--shards", required=True, help="held-out Shapes shards (the val split)")
     shapes.add_argument("--limit", type=int, default=500, help="number of scenes")
-    photos = sub.add_parser("photos", help="photo128 vs diffusers VQModel, trained identically")
+    photos = sub.add_parser("photos", help="photo128 vs diffusers VQModel, trained for the same budget")
     photos.add_argument("--config", default="configs/tokenizer/photo128.yaml")
     photos.add_argument("--train-shards", required=True, help="photo shards to train on (random crops)")
     photos.add_argument("--val-shards", required=True, help="held-out photo shards for codebook usage")
-    photos.add_argument("--steps", type=int, default=300, help="training steps of each tokenizer")
+    photos.add_argument("--steps", type=int, default=300, help="training steps of each tokenizer (without --max-time)")
+    photos.add_argument("--max-time", help="wall time of each tokenizer's training, DD:HH:MM:SS (instead of --steps)")
+    photos.add_argument("--ours", help="an exported tokenizer trained for that budget (its run's last.ckpt beside "
+                                       "the export says how long): evaluated instead of training ours here")
     photos.add_argument("--seed", type=int, default=0)
     photos.add_argument("--out", default="runs/bench_quality", help="Lightning's root folder for the two runs")
     args = parser.parse_args()
@@ -161,29 +211,39 @@ def bench_photos(args: argparse.Namespace) -> None:
     settings = config["model"]["tokenizer"]
     photos = skimage_photos(settings["image_size"])
     val_loader = TokenizerDataModule(**{**config["data"], "val_shards": args.val_shards, "num_workers": 0}).val_dataloader()
+    batch = config["data"]["batch_size"]
+    factor = 2 ** (len(settings["block_out_channels"]) - 1)
     rows = {}
-    for name, tokenizer in (("ours (photo128, vq-pytorch)", None), ("diffusers VQModel", "stock")):
-        start = time.perf_counter()
-        if tokenizer == "stock":
+    for name in ("stock", "ours"):  # stock first: an --ours run may still be training
+        if name == "ours" and args.ours is not None:
+            tokenizer, steps, seconds = trained_elsewhere(Path(args.ours))
+            label = f"ours ({Path(args.ours).parent.name}, vq-pytorch)"
+        else:
             L.seed_everything(args.seed)
-            tokenizer = StockVQ(settings)
-        module = train(config, tokenizer, args, Path(args.out))
-        minutes = (time.perf_counter() - start) / 60
-        rows[name] = {**evaluate(module, photos, val_loader), "minutes": minutes}
-        params = sum(p.numel() for p in module.tokenizer.parameters()) / 1e6
-        rows[name]["params"] = params
+            start = time.perf_counter()
+            module, steps = train(config, StockVQ(settings) if name == "stock" else None, args, Path(args.out) / name)
+            tokenizer, seconds = module.tokenizer, time.perf_counter() - start
+            label = "diffusers VQModel" if name == "stock" else "ours (photo128, vq-pytorch)"
+        params = sum(p.numel() for p in tokenizer.parameters()) / 1e6
+        rows[label] = {**evaluate(tokenizer, photos, val_loader), "params": f"{params:.2f}M", "steps": steps,
+                       "minutes": seconds / 60, "images_s": steps * batch / seconds}
+    rows[f"bicubic /{factor} and back"] = {**evaluate(Bicubic(factor), photos, val_loader), "params": "-"}
+    rows[f"bicubic /{factor} and back"]["usage"] = rows[f"bicubic /{factor} and back"]["perplexity"] = float("nan")
 
-    grid = f"{settings['image_size'] // 2 ** (len(settings['block_out_channels']) - 1)}"
-    print(f"\n{args.steps} steps each, seed {args.seed}, batch {config['data']['batch_size']}, "
+    grid = settings["image_size"] // factor
+    budget = f"{args.max_time} of wall time" if args.max_time else f"{args.steps} steps"
+    print(f"\n{budget} each, {torch.get_num_threads()} thread(s), seed {args.seed}, batch {batch}, "
           f"{settings['image_size']}px -> {grid}x{grid} codes, codebook {settings['codebook_size']}")
-    print(f"PSNR/SSIM on {len(SKIMAGE_PHOTOS)} scikit-image photos ({', '.join(SKIMAGE_PHOTOS)}); "
-          f"codebook usage on {args.val_shards}")
-    header = f"{'tokenizer':<30}{'params':>8}{'PSNR dB':>9}{'SSIM':>7}{'usage %':>9}{'perplexity':>12}{'train min':>10}"
+    print(f"held out: {args.val_shards} (PSNR/SSIM, usage); skimage: {len(SKIMAGE_PHOTOS)} scikit-image photos")
+    header = (f"{'tokenizer':<34}{'params':>7}{'val PSNR':>9}{'SSIM':>7}{'skimage PSNR':>13}{'SSIM':>7}"
+              f"{'usage %':>8}{'perplexity':>11}{'steps':>7}{'train min':>10}{'img/s':>7}")
     print(header)
     print("-" * len(header))
     for name, row in rows.items():
-        print(f"{name:<30}{row['params']:>7.2f}M{row['psnr']:>9.2f}{row['ssim']:>7.3f}{row['usage']:>9.1f}"
-              f"{row['perplexity']:>12.1f}{row['minutes']:>10.1f}")
+        trained = (f"{row['steps']:>7}{row['minutes']:>10.1f}{row['images_s']:>7.1f}" if "steps" in row
+                   else f"{'-':>7}{'-':>10}{'-':>7}")
+        print(f"{name:<34}{row['params']:>7}{row['val_psnr']:>9.2f}{row['val_ssim']:>7.3f}{row['psnr']:>13.2f}"
+              f"{row['ssim']:>7.3f}{row['usage']:>8.1f}{row['perplexity']:>11.1f}{trained}")
 
 
 if __name__ == "__main__":

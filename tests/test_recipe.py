@@ -10,6 +10,7 @@ import copy
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -391,6 +392,60 @@ def test_a_tiny_recipe_runs_end_to_end_then_resumes_stage_by_stage(tmp_path, mon
     assert "tokenizer: RUN/tokenizer/checkpoints/last.ckpt has trained all 2 steps of trainer.max_steps, so " \
            "--budget tokenizer (2 steps, 1 h 00 min -> 2 steps, 2 h 00 min) trains nothing more" in err
     assert "$ unitok" not in err and files(run) == before
+
+
+@pytest.mark.slow
+def test_a_killed_run_and_a_time_capped_stage_go_on_where_they_stopped(tmp_path, monkeypatch, capsys):
+    """``unitok train`` killed (SIGKILL) in the middle of the LM stage, started again with the same
+    command: it resumes from the LM's last.ckpt and finishes within the stage's time cap; a larger
+    time cap then trains the LM on from there."""
+    monkeypatch.chdir(tmp_path)
+    write_photos(tmp_path)
+    recipe = copy.deepcopy(TINY_RECIPE)
+    recipe["lm"]["max_steps"] = -1  # the time cap decides
+    recipe["lm"]["overrides"]["trainer"].update(val_check_interval=1000, limit_val_batches=0)
+    recipe["lm"]["overrides"]["trainer"]["callbacks"] = [{
+        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {"save_last": True, "save_top_k": 0, "every_n_train_steps": 5}}]
+    write_recipe(tmp_path, recipe, "tiny.yaml")
+    command = ["--images", "photos", "--captions", "captions.jsonl", "--out", "RUN", "--config", "tiny.yaml",
+               "--val-fraction", "0.25", "--budget", "lm=00:00:15"]
+    run = tmp_path / "RUN"
+    last = run / "lm" / "checkpoints" / "last.ckpt"
+
+    process = subprocess.Popen([sys.executable, "-m", "unitok.cli", "train", *command],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(1200):  # the LM's first checkpoint, within 2 minutes
+            if last.is_file() or process.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert last.is_file() and process.poll() is None, "the LM stage did not write a checkpoint in time"
+        process.kill()
+    finally:
+        process.kill()
+        process.wait()
+    steps_at_kill = global_step(run, "lm")
+    assert not (run / "stages" / "lm.json").exists()
+
+    code, out, err = train(capsys, *command)
+    assert code == 0, err
+    assert "[4/5] lm (not done yet)" in err and f"lm: resuming from RUN/lm/checkpoints/last.ckpt (step {steps_at_kill}" in err
+    assert "$ unitok lm fit --config RUN/configs/lm.yaml --ckpt_path RUN/lm/checkpoints/last.ckpt" in err
+    steps_capped = global_step(run, "lm")
+    assert steps_capped > steps_at_kill
+    spent = read_checkpoint(last, written_by="test")["callbacks"]
+    elapsed = next(state["time_elapsed"]["train"] for key, state in spent.items() if key.startswith("Timer"))
+    assert 15 <= elapsed < 25  # the cap counts the time before the kill too
+
+    code, out, err = train(capsys, *command)  # the cap is spent: done, nothing runs
+    assert code == 0 and "lm: done before" in err and "$ unitok" not in err
+
+    code, out, err = train(capsys, *[*command[:-1], "lm=00:00:25"])
+    assert code == 0, err
+    assert "[4/5] lm (its budget is raised" in err and "--ckpt_path RUN/lm/checkpoints/last.ckpt" in err
+    assert global_step(run, "lm") > steps_capped
+    assert "[5/5] assemble" in err
 
 
 # -- what unitok train refuses -----------------------------------------------------------------
