@@ -35,7 +35,7 @@ from unitok.errors import UserError
 from unitok.lm.data import CodeShardDataModule
 from unitok.lm.image_positions import ATTRIBUTE, image_position_table, lm_forward
 from unitok.lm.model import build_pretrained_lm, load_unified_lm, resize_embeddings, save_unified_lm
-from unitok.lm.module import UnifiedLMModule
+from unitok.lm.module import UnifiedLMModule, check_context_holds_an_image
 from unitok.lm.sequences import (
     IGNORE,
     TASKS,
@@ -589,3 +589,11 @@ def test_codebook_and_grid_come_from_the_image_tokenizer(tmp_path):
         UnifiedLMModule(pretrained=str(tmp_path / "hub"), image_tokenizer=str(tmp_path / "vq"), codebook_size=16)
     with pytest.raises(UserError, match="model.image_tokenizer"):
         UnifiedLMModule(pretrained=str(tmp_path / "hub"))
+
+
+def test_a_scratch_lm_too_short_for_an_image_is_refused_before_training(tmp_path):
+    with pytest.raises(UserError, match=r"max_positions is 64, too short for one image of 16x16 = 256 codes.*"
+                                        r"at least 268"):
+        UnifiedLMModule(codebook_size=32, grid=(16, 16), tokenizer_captions=str(tmp_path / "unused"),
+                        scratch={"max_positions": 64})
+    check_context_holds_an_image(268, (16, 16))  # just enough

@@ -174,6 +174,7 @@ class RecipeRun:
         self.drawing_stage = "decoder" if recipe.decoder else "tokenizer"  # whose export decodes images
         self.ran: dict[str, float] = {}  # stage -> seconds it took in this invocation
         self.start = time.perf_counter()
+        self.notes: list[str] = []  # what ``check`` found worth saying, said once the run starts
 
     # -- where things are --------------------------------------------------------------------
 
@@ -238,8 +239,8 @@ class RecipeRun:
         if "data" in will_run and self.recipe.source == "folder" and "--images" not in self.data_flags:
             raise UserError("pass --images DIR (and --captions FILE): the data stage makes shards of your images")
         if "data" not in will_run and "--images" in self.data_flags and "data" in stages:
-            _say(f"data: done before ({self.marker('data')}); --images and --captions are not read again "
-                 f"(delete {self.root / 'data'} and {self.marker('data')} to redo it)")
+            self.notes.append(f"data: done before ({self.marker('data')}); --images and --captions are not read "
+                              f"again (delete {self.root / 'data'} and {self.marker('data')} to redo it)")
         for stage in TRAINING_STAGES:
             if stage in will_run:
                 self.config(stage)  # a recipe or config mistake fails now, not after the stages before it
@@ -251,6 +252,8 @@ class RecipeRun:
 
     def run(self, stages: tuple[str, ...]) -> None:
         _say(f"unitok train: recipe {self.recipe.path}, run folder {self.root}, seed {self.seed}")
+        for note in self.notes:
+            _say(note)
         (self.root / "stages").mkdir(parents=True, exist_ok=True)  # what makes it a run folder
         for number, stage in enumerate(self.recipe.stages, start=1):
             if stage not in stages:
@@ -386,7 +389,8 @@ class RecipeRun:
             elif self.why_run(stage) is None:
                 status = f"done before ({_duration(self._marker_record(stage)['seconds'])})"
             else:
-                lines.append(f"  {stage:<10} not done ({self.why_run(stage)})")
+                reason = self.why_run(stage)
+                lines.append(f"  {stage:<10} " + ("not done" if reason == "not done yet" else f"to redo: {reason}"))
                 continue
             lines.append(f"  {stage:<10} {status:<28} {self.outputs(stage)}")
         pipeline = self.root / "pipeline"

@@ -32,6 +32,20 @@ from unitok.vocabulary import UnifiedVocabulary
 CHECKPOINT_KEY = "unitok"
 
 
+# A sequence around one image: [bos] caption <|boi|> codes <|eoi|> [eos], with a caption of at least this many tokens.
+MIN_CAPTION_TOKENS = 8
+
+
+def check_context_holds_an_image(max_positions: int, grid: tuple[int, int]) -> None:
+    """Refuse, before anything trains, a from-scratch LM too short to draw one image with a caption
+    (it would train on cut sequences, and the pipeline would refuse every prompt)."""
+    needed = grid[0] * grid[1] + 4 + MIN_CAPTION_TOKENS
+    if max_positions < needed:
+        raise UserError(f"model.scratch.max_positions is {max_positions}, too short for one image of "
+                        f"{grid[0]}x{grid[1]} = {grid[0] * grid[1]} codes, its 4 markers and a caption: "
+                        f"set it to at least {needed} (captions longer than {MIN_CAPTION_TOKENS} tokens need more)")
+
+
 def image_geometry(
     image_tokenizer: str | None, codebook_size: int | None, grid: tuple[int, int] | None
 ) -> tuple[int, tuple[int, int]]:
@@ -119,6 +133,7 @@ class UnifiedLMModule(L.LightningModule):
             self.model, self.text_tokenizer, self.vocabulary = build_pretrained_lm(
                 pretrained, codebook_size, grid, text_tokenizer=text_tokenizer, seed=seed)
         else:
+            check_context_holds_an_image(scratch.max_positions, grid)
             if tokenizer_captions is None:
                 raise UserError("a from-scratch LM trains its BPE on captions: set model.tokenizer_captions "
                                 "(or data.train_shards), or give model.pretrained")
