@@ -15,6 +15,23 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _grant_default_permissions(root: Path) -> None:
+    """Give ``root`` and everything under it the permissions a new file or folder gets under the
+    umask. Why: some writers create owner-only files (safetensors' ``save_file`` writes 0600 since
+    0.5), and an export is meant to be shared or served as it is."""
+    mask = _current_umask()
+    paths = [root, *root.rglob("*")] if root.is_dir() else [root]
+    for path in paths:
+        if not path.is_symlink():
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def _temporary_sibling(target: Path, suffix: str = "") -> Path:
     # A fresh name each time (two writers of one file never share a temporary), created with the
     # default permissions: tempfile.mkstemp/mkdtemp would make outputs readable by their owner only.
@@ -33,6 +50,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     tmp = _temporary_sibling(target, target.suffix)
     try:
         yield tmp
+        _grant_default_permissions(tmp)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -51,6 +69,7 @@ def atomic_directory(out_dir: str | os.PathLike) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        _grant_default_permissions(tmp)
         if out.exists():
             old = _temporary_sibling(out)
             os.replace(out, old)
