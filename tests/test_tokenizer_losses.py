@@ -75,8 +75,7 @@ def test_imagenet256_reference_config_runs_one_step_on_cpu(vgg_weights, tmp_path
         "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
         "--trainer.precision", "32-true", "--trainer.max_steps", "2", "--trainer.val_check_interval", "1",
         "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
-        "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
-        "--trainer.callbacks.init_args.dirpath", str(tmp_path / "checkpoints"),
+        "--trainer.default_root_dir", str(tmp_path),  # the logs and checkpoints follow it
         "--model.perceptual_weights_path", str(vgg_weights), "--model.gan_start_step", "0",
         "--data.train_shards", str(tmp_path / "train"), "--data.val_shards", str(tmp_path / "val"),
         "--data.batch_size", "2", "--data.num_workers", "0", "--data.samples_per_epoch", "4",
