@@ -1,6 +1,7 @@
 """The training progress bar's total (hence tqdm's ETA) honours trainer.max_time."""
 
 import lightning as L
+import torch
 import yaml
 from test_lightning_runs import Tiny
 
@@ -51,3 +52,26 @@ def test_unitok_fit_uses_it_unless_the_bar_is_off_or_chosen(tmp_path):
     assert not any("ProgressBar" in name for name in trainer_callbacks(enable_progress_bar=False))
     chosen = trainer_callbacks(callbacks=[{"class_path": "lightning.pytorch.callbacks.RichProgressBar"}])
     assert "RichProgressBar" in chosen and "TimeBudgetProgressBar" not in chosen
+
+
+class Endless(Tiny):
+    """An iterable of unknown length: Lightning's bar has no total at all."""
+
+    def train_dataloader(self):
+        class Ones(torch.utils.data.IterableDataset):
+            def __iter__(self):
+                while True:
+                    yield torch.ones(1)
+
+        return torch.utils.data.DataLoader(Ones(), batch_size=1)
+
+
+def test_an_epoch_of_unknown_length_gets_the_total_its_time_allows(tmp_path):
+    recorder = RecordTotals()
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_model_summary=False,
+                        max_time={"seconds": 2}, callbacks=[TimeBudgetProgressBar(), recorder],
+                        default_root_dir=tmp_path)
+    trainer.fit(Endless(step_seconds=0.05))
+    steps = trainer.global_step
+    assert recorder.totals[0] is None or recorder.totals[0] == float("inf")
+    assert all(abs(total - steps) <= 0.35 * steps for total in recorder.totals[10:])

@@ -3,11 +3,13 @@
 Why: Lightning sizes the bar by the epoch (or ``max_steps``), so a run capped at 3 minutes whose
 epoch would take 4 hours shows a 4-hour ETA and stops at 1 %. Our CPU recipes are capped by
 time, so the bar's total is brought down to the steps the time left allows at the rate measured
-so far in this run (never above Lightning's own total): the ETA tqdm prints is then the real one.
+so far in this run (never above Lightning's own total; an epoch of unknown length gets one): the
+ETA tqdm prints is then the real one.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -37,7 +39,7 @@ class TimeBudgetProgressBar(TQDMProgressBar):
             self._rate_start = (time.monotonic(), self._batches)
         bar = self.train_progress_bar
         total = capped_total(trainer, bar.n, self._seconds_per_batch())
-        if total is not None and bar.total is not None and total < bar.total:
+        if total is not None and (bar.total is None or not math.isfinite(bar.total) or total < bar.total):
             bar.total = total
             bar.refresh()
 
