@@ -13,7 +13,10 @@ only our side's codes are the model's drawing.
 Roofline figures beside them: the machine's measured matrix-product rate in the LM's dtype and
 its memory bandwidth, the model's FLOPs per decoding step (2 per weight and row, plus attention
 over the context so far), the share of that rate each side achieves (MFU), and at batch 1 the
-time the weights alone take to stream from memory once per step.
+time the weights alone take to stream from memory once per step. Last, the time one step's matrix
+products alone take at the decoding shape (2 rows per image against each weight matrix, timed on
+the model's own weights): the ceiling of any decoding loop on this machine, as tokens/s and as a
+multiple of transformers' measured rate.
 
 Then ``unitok generate`` is timed end to end for one image from a cold process (interpreter
 start, imports, model load, sampling, decoding, PNG write), next to the bare import time.
@@ -144,6 +147,27 @@ def memory_bandwidth(device: torch.device, megabytes: int = 512, repeats: int = 
     return 2 * source.numel() * 4 * repeats / (time.perf_counter() - start)
 
 
+def weight_products_seconds(pipe: UniTokPipeline, rows: int, repeats: int = 5) -> float:
+    """Seconds of one decoding step's matrix products alone: ``F.linear`` of ``rows`` inputs by
+    every weight matrix of the blocks and the image-code rows of the head, the model's own weights,
+    nothing around them. Why: at the decoding shapes (a few rows against each weight) these run far
+    below the square-matrix rate, and no loop, ours or transformers', can step faster than them."""
+    lm, vocab = pipe.lm, pipe.vocabulary
+    weights = [p for name, p in lm.named_parameters() if ".layers." in name and p.dim() == 2]
+    weights.append(lm.get_output_embeddings().weight[vocab.image_offset:vocab.size])
+    inputs = {w.shape[1]: torch.randn(rows, w.shape[1], dtype=w.dtype, device=w.device) for w in weights}
+    with torch.inference_mode():
+        for w in weights:
+            torch.nn.functional.linear(inputs[w.shape[1]], w)
+        _synchronize(w.device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            for w in weights:
+                torch.nn.functional.linear(inputs[w.shape[1]], w)
+        _synchronize(w.device)
+    return (time.perf_counter() - start) / repeats
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -216,14 +240,16 @@ def main() -> None:
         prompts = shapes_prompts(max(args.batch_sizes))
         prompt_length = round(statistics.mean(len(encode_text(pipe.text_tokenizer, p)) for p in prompts)) + 2
         print(f"{'batch':>5} | {'ours tok/s':>10} {'s/image':>8} {'MFU':>6} | {'HF tok/s':>10} {'s/image':>8} "
-              f"{'MFU':>6} | ours/HF")
+              f"{'MFU':>6} | ours/HF | products alone: ms/step  tok/s ceiling  /HF")
         for batch in args.batch_sizes:
             r = bench_batch(pipe, prompts, batch, args.repeats)
             ours_tps, hf_tps = r["tokens"] / r["ours"], r["tokens"] / r["transformers"]
             flops = batch * flops_per_image(pipe, prompt_length, rows_per_image=2)  # conditional + unconditional
+            products = weight_products_seconds(pipe, rows=2 * batch)
             print(f"{batch:>5} | {ours_tps:>10.0f} {r['ours'] / batch:>8.3f} {flops / r['ours'] / rate:>6.1%} | "
                   f"{hf_tps:>10.0f} {r['transformers'] / batch:>8.3f} {flops / r['transformers'] / rate:>6.1%} | "
-                  f"{ours_tps / hf_tps:.2f}x", flush=True)
+                  f"{ours_tps / hf_tps:.2f}x  | {1e3 * products:>23.2f} {batch / products:>13.0f} "
+                  f"{batch / products / hf_tps:>4.2f}x", flush=True)
         if not args.no_cold:
             total, imports = cold_generate(model_dir, Path(tmp), args.threads)
             print(f"unitok generate, one image, cold process: {total:.2f} s (of which importing torch, "
