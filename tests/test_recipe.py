@@ -516,3 +516,14 @@ def test_a_stage_that_fails_leaves_a_run_folder_that_the_same_command_goes_on_in
     code, out, err = train(capsys, *args)
     assert code == 0, err
     assert "[1/5] data (not done yet)" in err and (tmp_path / "run" / "stages" / "data.json").is_file()
+
+
+def test_without_the_source_checkout_the_default_recipe_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    import unitok.commands.train as train_command
+
+    monkeypatch.setattr(train_command, "DEFAULT_RECIPE", tmp_path / "configs" / "recipes" / "photos.yaml")
+    (tmp_path / "photos").mkdir()
+    code = main(["train", "--images", str(tmp_path / "photos"), "--out", str(tmp_path / "run")])  # no --config
+    err = capsys.readouterr().err
+    assert code == 2 and "come with a source checkout of UniTok" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()

@@ -79,6 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.config == str(DEFAULT_RECIPE) and not DEFAULT_RECIPE.is_file():
+        raise UserError(f"the default recipe {DEFAULT_RECIPE} is not here: the recipes and configs come with a "
+                        "source checkout of UniTok (configs/); pass --config RECIPE with your own recipe")
     recipe = load_recipe(args.config)
     stages = _selected_stages(args.stages, recipe)
     budgets = _budgets(args.budget, stages)
