@@ -86,15 +86,13 @@ def train(config: dict, tokenizer: nn.Module | None, args: argparse.Namespace, r
 def trained_elsewhere(export: Path) -> tuple[nn.Module, int, float]:
     """An exported tokenizer, with the steps and training seconds of its run (its ``last.ckpt``
     beside the export, as ``unitok tokenizer fit`` and ``unitok train`` leave it)."""
-    from lightning.pytorch.callbacks import Timer
-
     from tokenizer import VQTokenizer
-    from unitok.lightning_runs import read_checkpoint
+    from unitok.lightning_runs import read_checkpoint, training_seconds
+    from unitok.run_layout import CHECKPOINTS, LAST_CHECKPOINT
 
-    checkpoint = read_checkpoint(export.parent / "checkpoints" / "last.ckpt", written_by="unitok tokenizer fit")
-    timer_state = checkpoint.get("callbacks", {}).get(Timer(duration="00:00:01:00").state_key, {})
-    seconds = timer_state.get("time_elapsed", {}).get("train")
-    if seconds is None:
+    checkpoint = read_checkpoint(export.parent / CHECKPOINTS / LAST_CHECKPOINT, written_by="unitok tokenizer fit")
+    seconds = training_seconds(checkpoint)
+    if not seconds:
         raise SystemExit(f"{export.parent}/checkpoints/last.ckpt has no training time (train it with a max_time)")
     return VQTokenizer.from_pretrained(export, low_cpu_mem_usage=False).eval(), checkpoint["global_step"], seconds
 

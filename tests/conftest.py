@@ -7,6 +7,8 @@ measured single decode steps slowing from ~0.3 ms to ~12 ms). Subprocesses inher
 
 import os
 
+import pytest
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -15,3 +17,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def image_tokenizer(tmp_path_factory):
+    """The pipeline tests' tiny FSQ image tokenizer (48 codes on a 4x4 grid) saved once as a folder."""
+    from tiny_models import save_tiny_image_tokenizer
+
+    return save_tiny_image_tokenizer(tmp_path_factory.mktemp("vq"))

@@ -32,6 +32,7 @@ LAYERS = {
     "unitok.schedules": "core",
     "unitok.precision": "core",
     "unitok.progress_bar": "core",
+    "unitok.run_layout": "core",
     "unitok.callbacks": "core",
     "unitok.lightning_runs": "core",
     "unitok.lazy_exports": "core",

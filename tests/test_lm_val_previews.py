@@ -12,18 +12,12 @@ import pytest
 import yaml
 from PIL import Image
 from test_lm import write_code_shards
-from tiny_models import save_tiny_image_tokenizer
 
 from unitok.cli import main as unitok_main
 from unitok.errors import UserError
 from unitok.lm.module import UnifiedLMModule
 
 CODEBOOK, GRID, SIZE = 48, (4, 4), 16  # TINY_IMAGE_TOKENIZER's
-
-
-@pytest.fixture(scope="module")
-def image_tokenizer(tmp_path_factory):
-    return save_tiny_image_tokenizer(tmp_path_factory.mktemp("vq"))
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ import pytest
 import torch
 import yaml
 from test_lm import save_tiny_hub_model, write_code_shards
-from tiny_models import save_tiny_image_tokenizer
 from transformers import AutoModelForCausalLM
 
 from generation.pipeline import UniTokPipeline
@@ -35,11 +34,6 @@ from unitok.vocabulary import VOCABULARY_FILE
 
 CODEBOOK, GRID = 48, (4, 4)  # TINY_IMAGE_TOKENIZER's
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
-
-
-@pytest.fixture(scope="module")
-def image_tokenizer(tmp_path_factory):
-    return save_tiny_image_tokenizer(tmp_path_factory.mktemp("vq"))
 
 
 @pytest.fixture(scope="module")

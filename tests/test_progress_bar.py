@@ -18,25 +18,27 @@ class RecordTotals(L.Callback):
         self.totals.append(bar.train_progress_bar.total)
 
 
-def test_a_time_capped_run_shows_the_steps_its_time_allows(tmp_path):
+def fit_recording_totals(module: L.LightningModule, tmp_path, **budget) -> tuple[int, list]:
+    """Fit ``module`` with our bar under ``budget`` (max_time or max_steps): its steps, and the
+    bar's total after each batch."""
     recorder = RecordTotals()
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_model_summary=False,
-                        max_time={"seconds": 3}, callbacks=[TimeBudgetProgressBar(), recorder],
-                        default_root_dir=tmp_path)
-    trainer.fit(Tiny(step_seconds=0.05))
-    steps = trainer.global_step
+                        callbacks=[TimeBudgetProgressBar(), recorder], default_root_dir=tmp_path, **budget)
+    trainer.fit(module)
+    return trainer.global_step, recorder.totals
+
+
+def test_a_time_capped_run_shows_the_steps_its_time_allows(tmp_path):
+    steps, totals = fit_recording_totals(Tiny(step_seconds=0.05), tmp_path, max_time={"seconds": 3})
     assert 20 <= steps <= 70  # 3 s of 0.05 s steps
-    assert recorder.totals[0] == 10_000  # Lightning's epoch length until the rate is measured
+    assert totals[0] == 10_000  # Lightning's epoch length until the rate is measured
     # Once measured, the total is the steps the cap allows: near the steps the run really made.
-    assert all(abs(total - steps) <= 0.35 * steps for total in recorder.totals[10:])
+    assert all(abs(total - steps) <= 0.35 * steps for total in totals[10:])
 
 
 def test_without_a_time_cap_the_total_is_lightnings(tmp_path):
-    recorder = RecordTotals()
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_model_summary=False,
-                        max_steps=12, callbacks=[TimeBudgetProgressBar(), recorder], default_root_dir=tmp_path)
-    trainer.fit(Tiny())
-    assert set(recorder.totals) == {12}
+    _, totals = fit_recording_totals(Tiny(), tmp_path, max_steps=12)
+    assert set(totals) == {12}
 
 
 def test_unitok_fit_uses_it_unless_the_bar_is_off_or_chosen(tmp_path):
@@ -67,11 +69,6 @@ class Endless(Tiny):
 
 
 def test_an_epoch_of_unknown_length_gets_the_total_its_time_allows(tmp_path):
-    recorder = RecordTotals()
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_model_summary=False,
-                        max_time={"seconds": 2}, callbacks=[TimeBudgetProgressBar(), recorder],
-                        default_root_dir=tmp_path)
-    trainer.fit(Endless(step_seconds=0.05))
-    steps = trainer.global_step
-    assert recorder.totals[0] is None or recorder.totals[0] == float("inf")
-    assert all(abs(total - steps) <= 0.35 * steps for total in recorder.totals[10:])
+    steps, totals = fit_recording_totals(Endless(step_seconds=0.05), tmp_path, max_time={"seconds": 2})
+    assert totals[0] is None or totals[0] == float("inf")
+    assert all(abs(total - steps) <= 0.35 * steps for total in totals[10:])

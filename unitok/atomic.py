@@ -16,6 +16,15 @@ from pathlib import Path
 
 
 def _current_umask() -> int:
+    """The process's umask. Read from /proc on Linux: setting it to read it back (the only portable
+    way, used elsewhere) leaves a moment in which another thread's new file is world-writable."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -23,6 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from unitok.errors import UserError
 from unitok.precision import training_precision
 from unitok.progress_bar import TimeBudgetProgressBar
+from unitok.run_layout import CHECKPOINTS, LOGS
 
 
 class UniTokCLI(LightningCLI):
@@ -44,10 +45,6 @@ class UniTokCLI(LightningCLI):
             check_budget_left(self.trainer, read_checkpoint(ckpt_path, written_by="fit"), ckpt_path)
 
 
-CHECKPOINTS = "checkpoints"  # a run's checkpoints: <trainer.default_root_dir>/checkpoints
-LOGS = "logs"  # its CSV logs: <trainer.default_root_dir>/logs/version_N
-
-
 def place_outputs_under_root(trainer: Namespace) -> None:
     """Put what a run writes under ``trainer.default_root_dir`` (the working directory when unset)
     wherever the config leaves the place open: a CSV logger in ``ROOT/logs`` when it names no
@@ -59,8 +56,7 @@ def place_outputs_under_root(trainer: Namespace) -> None:
     if trainer.logger is None or trainer.logger is True:
         trainer.logger = Namespace(class_path="lightning.pytorch.loggers.CSVLogger",
                                    init_args=Namespace(save_dir=str(root), name=LOGS))
-    callbacks = trainer.callbacks if isinstance(trainer.callbacks, list) else [trainer.callbacks]
-    for callback in callbacks:
+    for callback in _callbacks(trainer):
         if str(getattr(callback, "class_path", "")).endswith("ModelCheckpoint") and callback.init_args.dirpath is None:
             callback.init_args.dirpath = str(root / CHECKPOINTS)
 
@@ -70,12 +66,23 @@ def add_time_budget_progress_bar(trainer: Namespace) -> None:
     Lightning's default one, unless the bar is off or the config names a bar of its own."""
     if trainer.enable_progress_bar is False:
         return
-    callbacks = trainer.callbacks
-    callbacks = [] if callbacks is None else list(callbacks) if isinstance(callbacks, list) else [callbacks]
+    callbacks = _callbacks(trainer)
     if any("ProgressBar" in str(getattr(callback, "class_path", type(callback).__name__)) for callback in callbacks):
         return
     trainer.callbacks = [*callbacks, Namespace(class_path=f"{TimeBudgetProgressBar.__module__}.TimeBudgetProgressBar",
                                                init_args=Namespace())]
+
+
+def _callbacks(trainer: Namespace) -> list[Any]:
+    """The config's ``trainer.callbacks`` as a list (it may be one callback, or none)."""
+    callbacks = trainer.callbacks
+    return [] if callbacks is None else list(callbacks) if isinstance(callbacks, list) else [callbacks]
+
+
+def training_seconds(checkpoint: dict[str, Any]) -> float:
+    """Training time a checkpoint has used of ``trainer.max_time``, as Lightning's ``Timer`` saved
+    it (0 when the run had no time limit)."""
+    return checkpoint.get("callbacks", {}).get(Timer.__qualname__, {}).get("time_elapsed", {}).get("train", 0.0)
 
 
 def check_budget_left(trainer: Trainer, checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
@@ -92,7 +99,7 @@ def check_budget_left(trainer: Trainer, checkpoint: dict[str, Any], path: str | 
     cap = timer.time_remaining() if timer is not None else None  # before fit nothing has elapsed: all of max_time
     if cap is None:
         return
-    spent = checkpoint.get("callbacks", {}).get(timer.state_key, {}).get("time_elapsed", {}).get("train", 0.0)
+    spent = training_seconds(checkpoint)
     if spent >= cap:
         raise UserError(f"{path} has already trained for {_duration(spent)}, all of trainer.max_time {_duration(cap)}: "
                         f"resuming would train nothing; raise it, e.g. --trainer.max_time {_duration(2 * cap)} "

@@ -24,19 +24,20 @@ class TimeBudgetProgressBar(TQDMProgressBar):
 
     def __init__(self, refresh_rate: int = 1, leave: bool = False):
         super().__init__(refresh_rate=refresh_rate, leave=leave)
-        self._rate_start: tuple[float, int] | None = None  # (clock, batches seen) once measuring
+        self._batches = 0  # seen in this run
+        self._measuring_since: float | None = None  # the clock at batch MEASURED_STEPS
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         self._batches = 0
-        self._rate_start = None
+        self._measuring_since = None
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         self._batches += 1
         if self._batches == MEASURED_STEPS:
-            self._rate_start = (time.monotonic(), self._batches)
+            self._measuring_since = time.monotonic()
         bar = self.train_progress_bar
         total = capped_total(trainer, bar.n, self._seconds_per_batch())
         if total is not None and (bar.total is None or not math.isfinite(bar.total) or total < bar.total):
@@ -44,10 +45,9 @@ class TimeBudgetProgressBar(TQDMProgressBar):
             bar.refresh()
 
     def _seconds_per_batch(self) -> float | None:
-        if self._rate_start is None or self._batches <= self._rate_start[1]:
+        if self._measuring_since is None or self._batches <= MEASURED_STEPS:
             return None
-        start, batches = self._rate_start
-        return (time.monotonic() - start) / (self._batches - batches)
+        return (time.monotonic() - self._measuring_since) / (self._batches - MEASURED_STEPS)
 
 
 def capped_total(trainer: L.Trainer, done: int, seconds_per_batch: float | None) -> int | None:

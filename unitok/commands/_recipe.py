@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from unitok.errors import UserError
+from unitok.run_layout import CHECKPOINTS
 
 TRAINING_STAGES = ("tokenizer", "decoder", "lm")  # LightningCLI runs: fit, then export
 SECTIONS = ("seed", "data", "tokenizer", "decoder", "codes", "lm", "assemble")
@@ -269,7 +270,7 @@ def place_outputs(trainer: dict[str, Any], out_dir: Path) -> None:
         _redirect(callback, out_dir)
     for checkpoint in checkpoints:
         checkpoint.setdefault("init_args", {}).update(
-            dirpath=str(out_dir / "checkpoints"), save_last=True,
+            dirpath=str(out_dir / CHECKPOINTS), save_last=True,
             enable_version_counter=False)  # a resume replaces last.ckpt instead of adding last-v1.ckpt
     trainer["callbacks"] = callbacks
 

@@ -45,6 +45,7 @@ from unitok.commands._recipe import (
 )
 from unitok.commands.data import _InOrder
 from unitok.errors import UserError
+from unitok.run_layout import CHECKPOINTS, LAST_CHECKPOINT
 
 DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "configs" / "recipes" / "photos.yaml"
 NEXT_PROMPT = "a photo of a dog on a beach"
@@ -188,7 +189,7 @@ class RecipeRun:
         return self.root / stage / "export"
 
     def last_checkpoint(self, stage: str) -> Path:
-        return self.root / stage / "checkpoints" / "last.ckpt"
+        return self.root / stage / CHECKPOINTS / LAST_CHECKPOINT
 
     def shards(self, kind: str, split: str) -> Path:
         return self.root / kind / split
@@ -454,7 +455,7 @@ def checkpoint_progress(path: Path, trainer: dict[str, Any]) -> tuple[int, str |
     recipe exports a stage whose budget is spent instead of refusing to resume it."""
     from lightning.pytorch.callbacks import Timer
 
-    from unitok.lightning_runs import read_checkpoint
+    from unitok.lightning_runs import read_checkpoint, training_seconds
 
     checkpoint = read_checkpoint(path, written_by="unitok train")
     steps = checkpoint.get("global_step", 0)
@@ -463,9 +464,7 @@ def checkpoint_progress(path: Path, trainer: dict[str, Any]) -> tuple[int, str |
         return steps, f"trained all {max_steps} steps of trainer.max_steps"
     if trainer.get("max_time") is None:
         return steps, None
-    timer = Timer(duration=trainer["max_time"])
-    spent = checkpoint.get("callbacks", {}).get(timer.state_key, {}).get("time_elapsed", {}).get("train", 0.0)
-    if spent >= timer.time_remaining():
+    if training_seconds(checkpoint) >= Timer(duration=trainer["max_time"]).time_remaining():
         return steps, f"trained for all of trainer.max_time {trainer['max_time']}"
     return steps, None
 
