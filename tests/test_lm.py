@@ -36,6 +36,7 @@ from unitok.lm.data import CodeShardDataModule
 from unitok.lm.image_positions import ATTRIBUTE, image_position_table, lm_forward
 from unitok.lm.model import build_pretrained_lm, load_unified_lm, resize_embeddings, save_unified_lm
 from unitok.lm.module import UnifiedLMModule, check_context_holds_an_image
+from unitok.lm.packing import packing_is_exact
 from unitok.lm.sequences import (
     IGNORE,
     TASKS,
@@ -45,6 +46,7 @@ from unitok.lm.sequences import (
     captioning_example,
     captioning_prompt,
     collate,
+    editing_example,
     next_token_losses,
     rewriting_example,
     rewriting_prompt,
@@ -267,7 +269,8 @@ def test_collate_right_pads_with_no_loss_on_padding(vocab):
     assert batch["attention_mask"][0].tolist() == [1] * 10 + [0] * 3
     assert batch["input_ids"][0, -3:].tolist() == [vocab.pad_id] * 3
     assert batch["labels"][0, -3:].tolist() == [IGNORE] * 3
-    assert batch["task"].tolist() == [TASKS.index("text_to_image"), TASKS.index("captioning")]
+    assert batch["task"][:, 0].tolist() == [TASKS.index("text_to_image"), TASKS.index("captioning")]
+    assert batch["task"][0, -3:].tolist() == batch["sequence"][0, -3:].tolist() == [-1] * 3
 
 
 # -- text tokenizer ----------------------------------------------------------------------------
@@ -304,6 +307,55 @@ def test_loss_is_one_token_mean_per_sequence(tmp_path):
     counted = targets != IGNORE
     per_sequence = [token_loss[row][counted[row]].mean() for row in range(3)]  # 7, 4 and 6 targets
     torch.testing.assert_close(loss, torch.stack(per_sequence).mean())
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
+def test_packed_batches_give_the_losses_and_gradients_of_one_sequence_per_row(family, tmp_path):
+    save_tiny_hub_model(family, tmp_path / "hub")
+    module = UnifiedLMModule(pretrained=str(tmp_path / "hub"), codebook_size=CODEBOOK, grid=GRID, warmup_steps=1,
+                             image_positions=True)
+    module.eval()  # GPT-2's dropout would make the two passes differ
+    vocab, codes = module.vocabulary, torch.arange(6).view(GRID)
+    assert packing_is_exact(module.model, vocab) and not module.training  # the probe leaves the mode as it was
+    examples = [editing_example(codes, [10, 11, 12], codes.flip(0), vocab),  # the longest: a row of its own
+                text_to_image_example([10, 11], codes, vocab), captioning_example(codes.flip(1), [12, 13], vocab),
+                rewriting_example([15], [12, 13], vocab), rewriting_example([16, 17], [12], vocab)]
+    packed, unpacked = collate(examples, vocab, pack_length=1), collate(examples, vocab)
+    assert packed["input_ids"].shape[0] == 3 and unpacked["input_ids"].shape[0] == 5
+    assert sorted(packed["sequence"].unique().tolist()) == [-1, 0, 1, 2, 3, 4]
+    results = []
+    for batch in (packed, unpacked):
+        module.zero_grad()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # self.log outside a Trainer warns and logs nothing
+            loss = module._step(batch, "train")
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in module.parameters() if p.grad is not None]))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for packed_grad, unpacked_grad in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(packed_grad, unpacked_grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_training_packs_sequences_only_for_a_model_that_keeps_them_apart(exact, tmp_path, monkeypatch):
+    save_tiny_hub_model("llama", tmp_path / "hub")
+    write_code_shards(tmp_path / "train", 8)
+    module = UnifiedLMModule(pretrained=str(tmp_path / "hub"), codebook_size=CODEBOOK, grid=GRID, warmup_steps=1)
+    if not exact:  # a model whose attention mask ignores position_ids (none of the three families here)
+        monkeypatch.setattr("unitok.lm.data.packing_is_exact", lambda model, vocab: False)
+    data = CodeShardDataModule(train_shards=str(tmp_path / "train"), batch_size=8, samples_per_epoch=8,
+                               num_workers=0, shuffle_buffer=1, rewriting=0.5)
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(module, datamodule=data)
+    assert any("every sequence gets a row of its own" in str(w.message) for w in caught) != exact
+    batch = next(iter(data.train_dataloader()))
+    assert ("position_ids" in batch) == exact and ("attention_mask" in batch) != exact
+    assert batch["input_ids"].shape[0] < 8 if exact else batch["input_ids"].shape[0] == 8
+    with pytest.raises(UserError, match="data.pack_length must be a positive number of ids"):
+        CodeShardDataModule(train_shards=str(tmp_path / "train"), pack_length=0)
 
 
 # -- three HF families: extend and train -----------------------------------------------------

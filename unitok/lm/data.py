@@ -14,10 +14,12 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from unitok.data.shards import SkipCounter, has_caption, iterate_samples, read_shards
 from unitok.errors import UserError
+from unitok.lm.packing import packing_is_exact
 from unitok.lm.sequences import (
     Example,
     PromptIds,
@@ -120,8 +122,9 @@ def _codes(array) -> torch.Tensor:
     return torch.from_numpy(array.astype("int64"))
 
 
-def collate_examples(batch: list[list[Example]], vocab: UnifiedVocabulary) -> dict[str, torch.Tensor]:
-    return collate([example for examples in batch for example in examples], vocab)
+def collate_examples(batch: list[list[Example]], vocab: UnifiedVocabulary, pack_length: int | None
+                     ) -> dict[str, torch.Tensor]:
+    return collate([example for examples in batch for example in examples], vocab, pack_length=pack_length)
 
 
 class CodeShardDataModule(L.LightningDataModule):
@@ -135,6 +138,9 @@ class CodeShardDataModule(L.LightningDataModule):
         batch_size: sequences per batch (per device); validation batches hold one sequence per task
             and sample. Training batches mix tasks in stream order: batches of one length (and so
             mostly of one task) padded less but learned far less per step (docs/results.md).
+        pack_length: sequences share rows of up to this many ids, each attending only to itself:
+            the same losses as one sequence per row, with far less padding (docs/results.md); None:
+            one sequence per row.
         samples_per_epoch: training samples per epoch and rank (the stream is resampled, endless).
         val_samples: validate on the first N validation samples (None: all).
         text_to_image, rewriting, answering, verifying, editing: each task's share of the training
@@ -151,6 +157,7 @@ class CodeShardDataModule(L.LightningDataModule):
         train_shards: str,
         val_shards: str | None = None,
         batch_size: int = 64,
+        pack_length: int | None = 256,
         samples_per_epoch: int = 20_000,
         val_samples: int | None = 500,
         text_to_image: float = 0.5,
@@ -166,6 +173,8 @@ class CodeShardDataModule(L.LightningDataModule):
         seed: int = 0,
     ):
         super().__init__()
+        if pack_length is not None and pack_length < 1:
+            raise UserError(f"data.pack_length must be a positive number of ids (or null: no packing), got {pack_length}")
         self.save_hyperparameters()
         self.mix = TaskMix(text_to_image=text_to_image, caption_dropout=caption_dropout, paraphrase=paraphrase,
                            normal_form=normal_form, rewriting=rewriting, answering=answering, verifying=verifying,
@@ -176,6 +185,14 @@ class CodeShardDataModule(L.LightningDataModule):
         # Asked when loaders are built, i.e. after a resumed checkpoint restored the tokenizer.
         module = self.trainer.lightning_module
         return module.text_tokenizer, module.vocabulary
+
+    def _collate(self, vocab: UnifiedVocabulary) -> partial:
+        pack_length = self.hparams.pack_length
+        if pack_length is not None and not packing_is_exact(self.trainer.lightning_module.model, vocab):
+            rank_zero_warn("data.pack_length: this LM lets packed sequences attend to each other "
+                           "(its attention mask ignores position_ids), so every sequence gets a row of its own")
+            pack_length = None
+        return partial(collate_examples, vocab=vocab, pack_length=pack_length)
 
     def setup(self, stage: str) -> None:
         _, vocab = self._model_text_side()
@@ -192,7 +209,7 @@ class CodeShardDataModule(L.LightningDataModule):
         )
         return DataLoader(
             dataset, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers,
-            collate_fn=partial(collate_examples, vocab=vocab), persistent_workers=self.hparams.num_workers > 0,
+            collate_fn=self._collate(vocab), persistent_workers=self.hparams.num_workers > 0,
         )
 
     def first_val_samples(self, count: int) -> list[dict[str, Any]]:
@@ -211,7 +228,7 @@ class CodeShardDataModule(L.LightningDataModule):
                               skip_counter=self.skips)
         if self.hparams.val_samples:
             dataset = dataset.slice(self.hparams.val_samples)
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, collate_fn=partial(collate_examples, vocab=vocab))
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, collate_fn=self._collate(vocab))
 
 
 def check_codes(source: str | list[str], vocab: UnifiedVocabulary) -> None:

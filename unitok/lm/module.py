@@ -151,35 +151,41 @@ class UnifiedLMModule(L.LightningModule):
 
     # -- loss and metrics ----------------------------------------------------------------------
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        logits = lm_forward(self.model, self.vocabulary, batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        # A packed batch (``collate(pack=True)``) has position_ids and no attention_mask; without a
+        # KV cache, transformers keeps each of its sequences to itself.
+        logits = lm_forward(self.model, self.vocabulary, batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                            position_ids=batch.get("position_ids"), use_cache=False).logits
         token_loss, targets = next_token_losses(logits, batch["labels"])
         predicted = logits[:, :-1].argmax(-1)
         counted = targets != IGNORE
-        batch_size = batch["input_ids"].shape[0]
+        task_of, sequence_of = batch["task"][:, 1:], batch["sequence"][:, 1:]  # of each target
+        batch_size = int(batch["sequence"].max()) + 1  # sequences, however many rows they fill
         on_step = stage == "train"
         for index, task in enumerate(TASKS):
-            rows = counted & (batch["task"] == index)[:, None]
+            rows = counted & (task_of == index)
             if rows.any():
                 self.log(f"{stage}/loss_{task}", token_loss[rows].mean(), batch_size=batch_size,
                          on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
         # One mean per sequence, then over sequences: every training sequence weighs the same,
         # whether it has 65 target ids (an image) or one (a verdict), so the task mix alone sets
         # how much each task counts.
-        targets_per_row = counted.sum(1)
-        has_targets = targets_per_row > 0
-        per_row = (token_loss * counted).sum(1)[has_targets] / targets_per_row[has_targets]
-        loss = per_row.mean() if has_targets.any() else token_loss.sum() * 0.0
+        sequences = sequence_of[counted]
+        targets_per_sequence = torch.bincount(sequences, minlength=batch_size)
+        loss_per_sequence = torch.zeros(batch_size, device=token_loss.device).index_add_(0, sequences, token_loss[counted])
+        has_targets = targets_per_sequence > 0
+        loss = ((loss_per_sequence[has_targets] / targets_per_sequence[has_targets]).mean() if has_targets.any()
+                else token_loss.sum() * 0.0)
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=batch_size, on_step=on_step, on_epoch=not on_step,
                  sync_dist=not on_step)
         for task, metric in (("text_to_image", "image_token_acc"), ("editing", "edit_token_acc")):
-            is_image = counted & (targets >= self.vocabulary.image_offset) & (batch["task"] == TASKS.index(task))[:, None]
+            is_image = counted & (targets >= self.vocabulary.image_offset) & (task_of == TASKS.index(task))
             if is_image.any():
                 correct = (predicted == targets)[is_image].float().mean()
                 self.log(f"{stage}/{metric}", correct, prog_bar=stage == "val" and task == "text_to_image",
                          batch_size=batch_size, on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
         for task, metric in (("captioning", "caption_token_acc"), ("rewriting", "rewrite_token_acc"),
                              ("answering", "answer_token_acc"), ("verifying", "verdict_acc")):
-            is_text = counted & (batch["task"] == TASKS.index(task))[:, None]
+            is_text = counted & (task_of == TASKS.index(task))
             if is_text.any():
                 correct = (predicted == targets)[is_text].float().mean()
                 self.log(f"{stage}/{metric}", correct, batch_size=batch_size,

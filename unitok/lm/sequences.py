@@ -200,19 +200,64 @@ def next_token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch
     return losses, targets
 
 
-def collate(examples: Sequence[Example], vocab: UnifiedVocabulary) -> dict[str, torch.Tensor]:
-    """Right-pad a list of examples into ``input_ids``, ``attention_mask``, ``labels``, ``task``."""
-    length = max(len(e.input_ids) for e in examples)
-    input_ids = torch.full((len(examples), length), vocab.pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), length), IGNORE, dtype=torch.long)
-    attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
-    for row, example in enumerate(examples):
-        n = len(example.input_ids)
-        input_ids[row, :n] = torch.tensor(example.input_ids)
-        labels[row, :n] = torch.tensor(example.labels)
-        attention_mask[row, :n] = 1
-    task = torch.tensor([e.task for e in examples], dtype=torch.long)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "task": task}
+def collate(examples: Sequence[Example], vocab: UnifiedVocabulary, *, pack_length: int | None = None
+            ) -> dict[str, torch.Tensor]:
+    """Rows of ``input_ids`` and ``labels`` (right-padded), and per position its ``sequence`` (index
+    in ``examples``, -1 on padding) and ``task`` (-1 on padding).
+
+    Unpacked (``pack_length`` None), each example is a row and ``attention_mask`` marks its ids.
+    Packed, examples share rows of up to ``pack_length`` ids (or the longest example's length, if
+    more; first fit, longest first) and ``position_ids`` count from 0 in each; with no
+    ``attention_mask``, transformers then lets each example attend only to itself
+    (``masking_utils.find_packed_sequence_indices``; the forward must run without a KV cache).
+    Every loss is the same as unpacked, with far less padding: training batches mix sequences of
+    50 to 160 ids, and unpacked every row pads to the longest.
+    """
+    if not examples:
+        raise ValueError("collate needs at least one example")
+    lengths = [len(e.input_ids) for e in examples]
+    pack = pack_length is not None
+    rows = _first_fit(lengths, max(pack_length, *lengths)) if pack else [[index] for index in range(len(examples))]
+    length = max(sum(lengths[index] for index in row) for row in rows)
+    shape = (len(rows), length)
+    input_ids = torch.full(shape, vocab.pad_id, dtype=torch.long)
+    labels = torch.full(shape, IGNORE, dtype=torch.long)
+    position_ids = torch.zeros(shape, dtype=torch.long)
+    sequence = torch.full(shape, -1, dtype=torch.long)
+    task = torch.full(shape, -1, dtype=torch.long)
+    for row, members in enumerate(rows):
+        start = 0
+        for index in members:
+            example, stop = examples[index], start + lengths[index]
+            input_ids[row, start:stop] = torch.tensor(example.input_ids)
+            labels[row, start:stop] = torch.tensor(example.labels)
+            labels[row, start] = IGNORE  # the previous example's last position does not predict this one
+            position_ids[row, start:stop] = torch.arange(lengths[index])
+            sequence[row, start:stop], task[row, start:stop] = index, example.task
+            start = stop
+        # Padding counts its own positions from 0: a sequence of its own, attended by no example.
+        position_ids[row, start:] = torch.arange(length - start)
+    batch = {"input_ids": input_ids, "labels": labels, "sequence": sequence, "task": task}
+    if pack:
+        batch["position_ids"] = position_ids
+    else:
+        batch["attention_mask"] = (sequence >= 0).long()
+    return batch
+
+
+def _first_fit(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Indices of ``lengths`` grouped into rows of at most ``capacity`` (first fit, longest first)."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        row = next((r for r, free in enumerate(room) if free >= lengths[index]), None)
+        if row is None:
+            rows.append([])
+            room.append(capacity)
+            row = len(rows) - 1
+        rows[row].append(index)
+        room[row] -= lengths[index]
+    return rows
 
 
 # -- generation prompts ------------------------------------------------------------------------
