@@ -187,17 +187,18 @@ class CodeShardDataModule(L.LightningDataModule):
         return module.text_tokenizer, module.vocabulary
 
     def _collate(self, vocab: UnifiedVocabulary) -> partial:
-        pack_length = self.hparams.pack_length
-        if pack_length is not None and not packing_is_exact(self.trainer.lightning_module.model, vocab):
-            rank_zero_warn("data.pack_length: this LM lets packed sequences attend to each other "
-                           "(its attention mask ignores position_ids), so every sequence gets a row of its own")
-            pack_length = None
-        return partial(collate_examples, vocab=vocab, pack_length=pack_length)
+        return partial(collate_examples, vocab=vocab, pack_length=self.pack_length)
 
     def setup(self, stage: str) -> None:
         _, vocab = self._model_text_side()
         for source in filter(None, (self.hparams.train_shards, self.hparams.val_shards)):
             check_codes(source, vocab)
+        # Asked once, for the training and the validation loader alike.
+        self.pack_length = self.hparams.pack_length
+        if self.pack_length is not None and not packing_is_exact(self.trainer.lightning_module.model, vocab):
+            rank_zero_warn("data.pack_length: this LM lets packed sequences attend to each other "
+                           "(its attention mask ignores position_ids), so every sequence gets a row of its own")
+            self.pack_length = None
 
     def train_dataloader(self) -> DataLoader:
         tokenizer, vocab = self._model_text_side()

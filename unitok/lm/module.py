@@ -151,7 +151,7 @@ class UnifiedLMModule(L.LightningModule):
 
     # -- loss and metrics ----------------------------------------------------------------------
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        # A packed batch (``collate(pack=True)``) has position_ids and no attention_mask; without a
+        # A packed batch (``collate(pack_length=...)``) has position_ids and no attention_mask; without a
         # KV cache, transformers keeps each of its sequences to itself.
         logits = lm_forward(self.model, self.vocabulary, batch["input_ids"], attention_mask=batch.get("attention_mask"),
                             position_ids=batch.get("position_ids"), use_cache=False).logits
