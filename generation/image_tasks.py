@@ -12,7 +12,7 @@ from PIL import Image
 
 from generation.decoder import context_length
 from generation.outputs import Generators, UniTokPipelineOutput, check_call, per_row
-from generation.rerank import verification_scores
+from generation.rerank import candidate_generators, rerank_edits, verification_scores
 from generation.sampler import generate_answers, generate_captions, sample_edited_codes
 from generation.settings import SamplingOptions
 from tokenizer.images import pil_to_tensor
@@ -87,26 +87,38 @@ class ImageTasksMixin:
         return verification_scores(self.lm, self.vocabulary, codes, prompt_ids, batch_size).tolist()
 
     @torch.inference_mode()
-    def edit(self, images: Images, instructions: str | Sequence[str],
-             temperature: float = 0.0, generator: Generators = None, output_type: str = "pil", batch_size: int = 16,
-             return_dict: bool = True) -> UniTokPipelineOutput | tuple:
-        """Each image edited as its instruction says (an LM trained with the editing task); greedy
-        by default, ``temperature`` > 0 samples (one ``generator`` per image makes each edit
-        independent of its batch)."""
+    def edit(self, images: Images, instructions: str | Sequence[str], temperature: float | None = None,
+             num_candidates: int | None = None, consensus_weight: float | None = None, generator: Generators = None,
+             output_type: str = "pil", batch_size: int = 16, return_dict: bool = True) -> UniTokPipelineOutput | tuple:
+        """Each image edited as its instruction says (an LM trained with the editing task).
+
+        ``temperature`` (0: greedy), ``num_candidates`` (sample that many edits per image and keep
+        the one the model judges best: ``generation.rerank.rerank_edits``) and ``consensus_weight``
+        left at None take the model's ``default_edit_*``. One ``generator`` per image makes each
+        edit depend only on its image, instruction, settings and generator.
+        """
         self._check_task("edit", "edit images")
         check_call(["edit"], 1, output_type, batch_size)
+        settings = self.edit_settings(temperature, num_candidates, consensus_weight)
         codes, instruction_ids = self._pairs(images, instructions, batch_size)
-        options = SamplingOptions(temperature=temperature)
+        candidates = settings.num_candidates
         generators = per_row(generator, codes.shape[0])
+        if candidates > 1:
+            generators = candidate_generators(generators, codes.shape[0], candidates)
+        sources = codes.repeat_interleave(candidates, dim=0)
+        row_ids = [ids for ids in instruction_ids for _ in range(candidates)]
         edited = []
-        with self.progress_bar(total=codes.shape[0] * self.vocabulary.tokens_per_image) as bar:
-            for start in range(0, codes.shape[0], batch_size):
+        with self.progress_bar(total=sources.shape[0] * self.vocabulary.tokens_per_image) as bar:
+            for start in range(0, sources.shape[0], batch_size):
                 edited.append(sample_edited_codes(
-                    self.lm, self.vocabulary, codes[start : start + batch_size],
-                    instruction_ids[start : start + batch_size], options=options,
+                    self.lm, self.vocabulary, sources[start : start + batch_size], row_ids[start : start + batch_size],
+                    options=settings.options,
                     generator=generators[start : start + batch_size] if isinstance(generators, list) else generators,
                     progress=bar.update))
         result = torch.cat(edited)
+        if candidates > 1:
+            result = rerank_edits(self.lm, self.vocabulary, codes, instruction_ids, result, candidates=candidates,
+                                  consensus_weight=settings.consensus_weight, batch_size=batch_size)
         images = result if output_type == "latent" else self.decode_codes(result, output_type)
         return UniTokPipelineOutput(images=images) if return_dict else (images,)
 

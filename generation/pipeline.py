@@ -28,7 +28,13 @@ from generation.outputs import Generators, UniTokPipelineOutput, check_call, per
 from generation.rerank import candidate_generators, rerank, verification_scores
 from generation.rewriting import PromptRewrite, drawing_warnings, restate
 from generation.sampler import sample_image_codes
-from generation.settings import DEFAULT_GUIDANCE_SCALE, REWRITE_CONFIDENCE, DrawSettings, check_can_rewrite
+from generation.settings import (
+    DEFAULT_GUIDANCE_SCALE,
+    REWRITE_CONFIDENCE,
+    DrawSettings,
+    EditSettings,
+    check_can_rewrite,
+)
 from tokenizer.images import tensor_to_pil
 from tokenizer.model import VQTokenizer
 from unitok.atomic import atomic_directory
@@ -62,11 +68,15 @@ class UniTokPipeline(ImageTasksMixin, DiffusionPipeline):
         default_num_candidates: int = 1,
         default_consensus_weight: float = 0.0,
         default_rewrite_prompts: bool = False,
+        default_edit_temperature: float = 0.0,
+        default_edit_num_candidates: int = 1,
+        default_edit_consensus_weight: float = 0.0,
     ):
         """``default_*``: what ``__call__`` (and so the CLI and the HTTP API) uses when the caller
         does not say, saved in ``model_index.json`` with the parts: the best settings belong to a
         model (a photo model wants temperature 1, an exact domain such as Shapes draws best near
-        greedy). ``default_rewrite_prompts`` only for an LM trained on the rewriting task."""
+        greedy). ``default_rewrite_prompts`` only for an LM trained on the rewriting task;
+        ``default_edit_*`` are ``edit``'s (greedy unless set)."""
         super().__init__()
         if vocabulary is None:
             raise ValueError("UniTokPipeline needs the LM's vocabulary: build it with UniTokPipeline.from_parts "
@@ -77,9 +87,13 @@ class UniTokPipeline(ImageTasksMixin, DiffusionPipeline):
                                 default_top_k=default_top_k, default_top_p=default_top_p,
                                 default_num_candidates=default_num_candidates,
                                 default_consensus_weight=default_consensus_weight,
-                                default_rewrite_prompts=default_rewrite_prompts)
+                                default_rewrite_prompts=default_rewrite_prompts,
+                                default_edit_temperature=default_edit_temperature,
+                                default_edit_num_candidates=default_edit_num_candidates,
+                                default_edit_consensus_weight=default_edit_consensus_weight)
         self.vocabulary = vocabulary
         self.sampling_settings()  # the defaults are checked like any caller's values
+        self.edit_settings()
 
     # -- building, saving, loading -------------------------------------------------------------
 
@@ -248,6 +262,11 @@ class UniTokPipeline(ImageTasksMixin, DiffusionPipeline):
         """The settings a drawing call uses: the values ``given`` (the sampling arguments of
         ``__call__``), the model's defaults for the rest."""
         return DrawSettings.resolve(self.config, self.vocabulary, **given)
+
+    def edit_settings(self, temperature: float | None = None, num_candidates: int | None = None,
+                      consensus_weight: float | None = None) -> EditSettings:
+        """The settings an ``edit`` call uses: the values given, the model's ``default_edit_*`` for the rest."""
+        return EditSettings.resolve(self.config, temperature, num_candidates, consensus_weight)
 
     @torch.inference_mode()
     def rewrite_prompts(self, prompts: str | Sequence[str], batch_size: int = 16) -> list[str]:

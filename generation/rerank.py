@@ -27,8 +27,10 @@ from generation.sampler import generate_captions
 from generation.step_hook import call_step_hook
 from unitok.lm.image_positions import lm_forward
 from unitok.lm.sequences import (
+    Example,
     captioning_example,
     collate,
+    editing_example,
     next_token_losses,
     reading_budget,
     verifying_prompt,
@@ -58,11 +60,9 @@ def rerank(
     if codes.shape[0] != len(text_ids) or codes.shape[0] % candidates:
         raise ValueError(f"{codes.shape[0]} candidates and {len(text_ids)} prompts do not make images of "
                          f"{candidates} candidates each")
-    images = codes.shape[0] // candidates
     if vocab.has("verify"):
-        scores = verification_scores(model, vocab, codes, text_ids, batch_size=batch_size).log()
-        best = scores.view(images, candidates).argmax(dim=1).to(codes.device)
-        return codes.view(images, candidates, *codes.shape[1:])[torch.arange(images, device=codes.device), best]
+        return best_candidates(codes, verification_scores(model, vocab, codes, text_ids, batch_size=batch_size),
+                               candidates)
     scores = prompt_log_likelihood(model, vocab, codes, text_ids, batch_size=batch_size)
     if consensus_weight:
         if readings is None:
@@ -70,6 +70,47 @@ def rerank(
         consensus = consensus_log_counts(readings, candidates).masked_fill(
             reads_as_its_prompt(readings, text_ids, candidates), 0.0)
         scores = scores + consensus_weight * consensus.to(scores)
+    return best_candidates(codes, scores, candidates)
+
+
+@torch.inference_mode()
+def rerank_edits(
+    model: PreTrainedModel,
+    vocab: UnifiedVocabulary,
+    sources: torch.Tensor,
+    instruction_ids: Sequence[Sequence[int]],
+    edited: torch.Tensor,
+    *,
+    candidates: int,
+    consensus_weight: float = 0.0,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """The best of each image's edited candidates: ``[N, h, w]`` codes out of ``[N * K, h, w]``.
+
+    Candidate ``j`` of image ``i`` is row ``i * K + j`` of ``edited``; ``sources`` and
+    ``instruction_ids`` hold one row per image. A candidate is judged by the model's likelihood of
+    it as the edit of its image by its instruction plus, with a consensus weight, the log of how
+    many of the image's candidates the model reads as the same scene. Why: a greedy edit takes the
+    likeliest code at every position, which for an unsure model is plain background wherever an
+    object might start (an emptied canvas), while the scene most sampled edits agree on is the
+    model's surest reading of the instruction. The verdict that judges drawings cannot judge an
+    edit: there is no prompt to check it against.
+    """
+    if edited.shape[0] != sources.shape[0] * candidates or len(instruction_ids) != sources.shape[0]:
+        raise ValueError(f"{edited.shape[0]} edited candidates, {sources.shape[0]} images and "
+                         f"{len(instruction_ids)} instructions do not make images of {candidates} candidates each")
+    scores = edit_log_likelihood(model, vocab, sources.repeat_interleave(candidates, dim=0),
+                                 [ids for ids in instruction_ids for _ in range(candidates)], edited, batch_size)
+    if consensus_weight:
+        readings = read_candidates(model, vocab, edited, batch_size)
+        scores = scores + consensus_weight * consensus_log_counts(readings, candidates).to(scores)
+    return best_candidates(edited, scores, candidates)
+
+
+def best_candidates(codes: torch.Tensor, scores: torch.Tensor, candidates: int) -> torch.Tensor:
+    """Of each image's ``candidates`` rows of ``codes`` (row ``i * K + j``), the one with the
+    highest score; ties go to the first."""
+    images = codes.shape[0] // candidates
     best = scores.view(images, candidates).argmax(dim=1).to(codes.device)
     return codes.view(images, candidates, *codes.shape[1:])[torch.arange(images, device=codes.device), best]
 
@@ -93,14 +134,38 @@ def prompt_log_likelihood(
     """``[N]`` log-probabilities of each ``text_ids[i]`` (then EOS) as the caption of ``codes[i]``."""
     if len(text_ids) != codes.shape[0]:
         raise ValueError(f"got {len(text_ids)} prompts for {codes.shape[0]} code grids")
+    return _log_likelihoods(model, vocab, [captioning_example(grid, ids, vocab)
+                                           for grid, ids in zip(codes.cpu(), text_ids, strict=True)], batch_size)
+
+
+@torch.inference_mode()
+def edit_log_likelihood(
+    model: PreTrainedModel,
+    vocab: UnifiedVocabulary,
+    sources: torch.Tensor,
+    instruction_ids: Sequence[Sequence[int]],
+    edited: torch.Tensor,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """``[N]`` log-probabilities of each ``edited[i]`` (then ``<|eoi|>``) as ``sources[i]`` edited
+    by ``instruction_ids[i]``."""
+    if not sources.shape[0] == len(instruction_ids) == edited.shape[0]:
+        raise ValueError(f"got {sources.shape[0]} images, {len(instruction_ids)} instructions and "
+                         f"{edited.shape[0]} edited grids")
+    return _log_likelihoods(model, vocab, [editing_example(source, ids, grid, vocab) for source, ids, grid
+                                           in zip(sources.cpu(), instruction_ids, edited.cpu(), strict=True)],
+                            batch_size)
+
+
+def _log_likelihoods(model: PreTrainedModel, vocab: UnifiedVocabulary, examples: Sequence[Example],
+                     batch_size: int) -> torch.Tensor:
+    """``[N]`` summed log-probability of each example's labelled ids, one teacher-forced pass per batch."""
     scores = []
-    for start in range(0, codes.shape[0], batch_size):
+    for start in range(0, len(examples), batch_size):
         call_step_hook()
-        examples = [captioning_example(grid, ids, vocab)
-                    for grid, ids in zip(codes[start : start + batch_size].cpu(), text_ids[start : start + batch_size], strict=True)]
-        batch = {k: v.to(model.device) for k, v in collate(examples, vocab).items()}
+        batch = {k: v.to(model.device) for k, v in collate(examples[start : start + batch_size], vocab).items()}
         logits = lm_forward(model, vocab, batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        losses, _ = next_token_losses(logits, batch["labels"])  # 0 outside the prompt and <eos>
+        losses, _ = next_token_losses(logits, batch["labels"])  # 0 where there is no label
         scores.append(-losses.sum(-1))
     return torch.cat(scores)
 

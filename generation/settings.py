@@ -122,6 +122,30 @@ class DrawSettings:
         return list(self.guidance_scale)
 
 
+@dataclass(frozen=True)
+class EditSettings:
+    """How one editing call samples (``UniTokPipeline.edit``): a model's ``default_edit_*``
+    (greedy, one candidate, for a model saved without them) unless the caller says."""
+
+    options: SamplingOptions
+    num_candidates: int  # sampled per image, the best kept (``generation.rerank.rerank_edits``)
+    consensus_weight: float  # used only when reranking
+
+    @classmethod
+    def resolve(cls, config: Any, temperature: float | None = None, num_candidates: int | None = None,
+                consensus_weight: float | None = None) -> EditSettings:
+        given = {"temperature": temperature, "num_candidates": num_candidates, "consensus_weight": consensus_weight}
+        values = {name: getattr(config, f"default_edit_{name}") if value is None else value
+                  for name, value in given.items()}
+        if temperature == 0 and num_candidates is None:
+            values["num_candidates"] = 1  # asked for the greedy edit: there is one
+        check_sampling_values(**values)
+        if values["num_candidates"] > 1 and values["temperature"] == 0:
+            raise UserError(f"{values['num_candidates']} candidates per edit need sampling (temperature > 0): "
+                            "greedy decoding edits the same way every time")
+        return cls(SamplingOptions(values["temperature"]), values["num_candidates"], float(values["consensus_weight"]))
+
+
 def check_can_rewrite(vocabulary: UnifiedVocabulary) -> None:
     if not vocabulary.can_rewrite:
         raise UserError("this model cannot rewrite prompts: its vocabulary has no <|rewrite|> token "

@@ -44,6 +44,7 @@ class SlowBackend:
     max_caption_tokens = 8
     can_answer = True
     can_edit = True
+    edits_sample = False
 
     def __init__(self, delay_s: float = 0.0) -> None:
         self.delay_s = delay_s

@@ -110,6 +110,22 @@ def test_sampled_edits_follow_the_seed(capsys, model_dir, images, tmp_path):
     assert not np.array_equal(a, c)
 
 
+def test_reranked_edits_are_the_pipelines(capsys, model_dir, pipeline, images, tmp_path):
+    import torch
+
+    args = ["edit", str(images[1]), "add a small green circle", "--temperature", "1", "--candidates", "3"]
+    code, _, _ = run(capsys, model_dir, *args, "--seed", "5", "--out", str(tmp_path / "a.png"))
+    assert code == 0
+    expected = pipeline.edit([Image.open(images[1]).convert("RGB")], ["add a small green circle"], temperature=1.0,
+                             num_candidates=3, generator=[torch.Generator().manual_seed(5)]).images[0]
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "a.png")), np.asarray(expected))
+    for flags, message in [(["--candidates", "2", "--temperature", "0"], "needs sampling"),
+                           (["--candidates", "0"], "--candidates must be in [1, 64]")]:
+        code, out, err = run(capsys, model_dir, "edit", str(images[1]), "add a circle", *flags,
+                             "--out", str(tmp_path / "b.png"))
+        assert code == 2 and out == "" and message in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("lines, message", [
     (["{not json"], "line 1 of"),
     ([{"image": "IMAGE", "question": "q?"}, "[1, 2]"], "line 2 of"),

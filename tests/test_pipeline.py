@@ -245,6 +245,71 @@ def test_reranking_keeps_the_candidate_whose_prompt_is_likeliest_as_its_caption(
         pipe(PROMPTS, num_candidates=0)
 
 
+INSTRUCTIONS = ["make the background black", "remove the red circle"]
+
+
+def test_edits_with_candidates_keep_the_likeliest_edit_the_candidates_agree_on(pipe):
+    from generation.rerank import (
+        candidate_generators,
+        consensus_log_counts,
+        edit_log_likelihood,
+        read_candidates,
+    )
+
+    images = pipe(PROMPTS, generator=seeded(2), temperature=1.0).images
+    settings = dict(temperature=1.0, output_type="latent")
+    chosen = pipe.edit(images, INSTRUCTIONS, num_candidates=4, consensus_weight=2.0, generator=seeded(2),
+                       **settings).images
+    # The same candidates edited by hand from the derived generators, scored, best kept.
+    derived = candidate_generators(seeded(2), rows=2, candidates=4)
+    edited = pipe.edit([i for i in images for _ in range(4)], [t for t in INSTRUCTIONS for _ in range(4)],
+                       num_candidates=1, generator=derived, **settings).images
+    sources = pipe.encode_images(images).repeat_interleave(4, dim=0)
+    instruction_ids = [pipe.encode_prompt(t) for t in INSTRUCTIONS for _ in range(4)]
+    likelihood = edit_log_likelihood(pipe.lm, pipe.vocabulary, sources, instruction_ids, edited)
+    agreement = consensus_log_counts(read_candidates(pipe.lm, pipe.vocabulary, edited, batch_size=8), 4)
+    scores = (likelihood + 2.0 * agreement).view(2, 4)
+    assert torch.equal(chosen, edited.view(2, 4, 4, 4)[torch.arange(2), scores.argmax(1)])
+    # A likelihood does not depend on what else is in the batch (padding), and is one of a grid.
+    alone = torch.cat([edit_log_likelihood(pipe.lm, pipe.vocabulary, sources[i : i + 1], instruction_ids[i : i + 1],
+                                           edited[i : i + 1]) for i in range(8)])
+    torch.testing.assert_close(alone, likelihood)
+    assert bool((likelihood < 0).all())
+    # Per image: batching and call grouping change nothing.
+    assert torch.equal(chosen, pipe.edit(images, INSTRUCTIONS, num_candidates=4, consensus_weight=2.0,
+                                         generator=seeded(2), batch_size=3, **settings).images)
+    assert torch.equal(chosen[1:], pipe.edit(images[1:], INSTRUCTIONS[1:], num_candidates=4, consensus_weight=2.0,
+                                             generator=seeded(1, base=1), **settings).images)
+    with pytest.raises(UserError, match="need sampling"):
+        pipe.edit(images, INSTRUCTIONS, num_candidates=2, temperature=0.0)
+    with pytest.raises(UserError, match="num_candidates"):
+        pipe.edit(images, INSTRUCTIONS, num_candidates=0, temperature=1.0)
+
+
+def test_edit_defaults_travel_with_the_model_and_a_greedy_call_is_one_edit(pipe, tmp_path):
+    save_unified_lm(pipe.lm, pipe.text_tokenizer, pipe.vocabulary, tmp_path / "lm")
+    pipe.image_tokenizer.save_pretrained(tmp_path / "image_tokenizer")
+    UniTokPipeline.from_parts(tmp_path / "lm", tmp_path / "image_tokenizer", default_edit_temperature=1.0,
+                              default_edit_num_candidates=3, default_edit_consensus_weight=2.0
+                              ).save_pretrained(tmp_path / "sampled")
+    loaded = UniTokPipeline.from_pretrained(tmp_path / "sampled")
+    loaded.set_progress_bar_config(disable=True)
+    settings = loaded.edit_settings()
+    assert (settings.options.temperature, settings.num_candidates, settings.consensus_weight) == (1.0, 3, 2.0)
+    assert pipe.edit_settings().options.greedy and pipe.edit_settings().num_candidates == 1
+
+    images = pipe(PROMPTS, generator=seeded(2), temperature=1.0).images
+
+    def codes(pipeline, **settings):
+        return pipeline.edit(images, INSTRUCTIONS, generator=seeded(2), output_type="latent", **settings).images
+
+    assert torch.equal(codes(loaded), codes(pipe, temperature=1.0, num_candidates=3, consensus_weight=2.0))
+    # temperature 0 asks for the greedy edit, of which there is one, whatever the saved candidates.
+    assert torch.equal(codes(loaded, temperature=0.0), codes(pipe))
+    with pytest.raises(UserError, match="need sampling"):
+        UniTokPipeline.from_parts(tmp_path / "lm", tmp_path / "image_tokenizer", default_edit_num_candidates=2)
+
+
 def test_consensus_counts_identical_readings_per_image():
     from generation.rerank import consensus_log_counts, reads_as_its_prompt
 

@@ -91,7 +91,7 @@ def test_a_perfect_model_scores_100_percent_in_every_suite(tmp_path, recorded_ta
         generate=perfect_generate(said), caption=perfect_caption, rewrite=perfect_rewrite(said),
         answer=lambda images, questions: [answers[(q, shapes.analyze(image))]
                                           for image, q in zip(images, questions, strict=True)],
-        edit=lambda images, instructions: [shapes.render(edits[(text, shapes.analyze(image))], 64)
+        edit=lambda images, instructions, seed: [shapes.render(edits[(text, shapes.analyze(image))], 64)
                                            for image, text in zip(images, instructions, strict=True)])
     evaluation = evaluate_shapes(model, num_scenes=24, batch_size=10, progress=False)
     scores = evaluation.as_dict()
@@ -155,7 +155,7 @@ def test_unreadable_images_count_as_wrong_but_not_against_each_attribute(said):
 def test_a_wrong_answer_and_an_edit_that_touches_the_rest_are_caught(recorded_tasks):
     _, edits = recorded_tasks
 
-    def edit_and_blacken(images, instructions):  # the right edit, but the background always black
+    def edit_and_blacken(images, instructions, seed):  # the right edit, but the background always black
         results = []
         for image, text in zip(images, instructions, strict=True):
             after = edits[(text, shapes.analyze(image))]

@@ -256,7 +256,7 @@ def create_app(backend: ModelBackend, *, limits: Limits | None = None, batching:
         check_response_format(body.response_format)
         side = output_side(body.size)
         check_text(body.prompt, "prompt")
-        if body.n > 1 and body.temperature == 0:
+        if body.n > 1 and (body.temperature == 0 or (body.temperature is None and not backend.edits_sample)):
             raise ApiError(400, f"n={body.n} greedy edits would be {body.n} copies of one image; send n=1, or "
                                 "temperature > 0 (an extension field) to sample different edits", param="n")
         image = await decode(request, data, name)
@@ -360,7 +360,7 @@ def _edit_form_model(limits: Limits) -> type[BaseModel]:
         model: str | None = Field(None, max_length=200)
         user: str | None = Field(None, max_length=256)
         quality: str | None = Field(None, max_length=32)
-        temperature: float = Field(0.0, ge=0.0, le=2.0, allow_inf_nan=False)
+        temperature: float | None = Field(None, ge=0.0, le=2.0, allow_inf_nan=False)  # None: the model's
         seed: int | None = Field(None, ge=0, le=MAX_SEED)
 
     return ImageEditForm

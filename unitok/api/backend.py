@@ -49,11 +49,12 @@ class AnswerJob:
 
 @dataclass(frozen=True)
 class EditJob:
-    """One edit of one image; ``temperature`` 0 is the greedy (most likely) edit."""
+    """One edit of one image; ``temperature`` 0 is the greedy (most likely) edit, None the
+    model's default edit settings."""
 
     image: Image.Image
     instruction: str
-    temperature: float = 0.0
+    temperature: float | None = None
     seed: int = 0
 
 
@@ -70,6 +71,7 @@ class ModelBackend(Protocol):
     max_caption_tokens: int
     can_answer: bool
     can_edit: bool
+    edits_sample: bool  # the model's default edit samples: different seeds give different edits
 
     def check_prompt(self, prompt: str) -> None:
         """Raise ``UserError`` if the model cannot take ``prompt`` (a prompt, question or
@@ -117,6 +119,7 @@ class PipelineBackend:
         self.image_size = int(pipeline.image_tokenizer.image_size)
         self.can_answer = pipeline.vocabulary.has("answer")
         self.can_edit = pipeline.vocabulary.has("edit")
+        self.edits_sample = self.can_edit and not pipeline.edit_settings().options.greedy
         pipeline.set_progress_bar_config(disable=True)
 
     def check_prompt(self, prompt: str) -> None:

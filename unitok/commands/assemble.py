@@ -33,6 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="default weight of the candidates' agreement in reranking (generation.rerank; default 0)")
     parser.add_argument("--rewrite-prompts", action="store_true",
                         help="rewrite prompts before drawing by default (an LM trained with the rewriting task)")
+    parser.add_argument("--edit-temperature", type=float, default=0.0,
+                        help="default sampling temperature of edits (default 0: greedy)")
+    parser.add_argument("--edit-candidates", type=int, default=1,
+                        help="default edits sampled per image, the best kept (generation.rerank.rerank_edits; default 1)")
+    parser.add_argument("--edit-consensus-weight", type=float, default=0.0,
+                        help="default weight of the edited candidates' agreement in reranking (default 0)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,7 +53,10 @@ def run(args: argparse.Namespace) -> int:
                                          default_temperature=args.temperature, default_top_k=args.top_k,
                                          default_top_p=args.top_p, default_num_candidates=args.candidates,
                                          default_consensus_weight=args.consensus_weight,
-                                         default_rewrite_prompts=args.rewrite_prompts)
+                                         default_rewrite_prompts=args.rewrite_prompts,
+                                         default_edit_temperature=args.edit_temperature,
+                                         default_edit_num_candidates=args.edit_candidates,
+                                         default_edit_consensus_weight=args.edit_consensus_weight)
     if args.fp16:
         pipeline.lm.to(torch.float16)
     pipeline.save_pretrained(args.out_dir)

@@ -2,8 +2,9 @@
 
 ``unitok edit IMAGE "INSTRUCTION" --out OUT.png`` writes the edited image. ``--edits-file F.jsonl
 --out DIR`` reads lines ``{"image": PATH, "instruction": TEXT}`` and writes ``DIR/{L:05d}.png``
-for line ``L`` (0-based). Every path written is printed. Greedy by default; with
-``--temperature`` > 0 line ``L`` is sampled with seed ``--seed + L``, whatever the batch size.
+for line ``L`` (0-based). Every path written is printed. The model's edit settings by default
+(``default_edit_*``: greedy for a model saved without them); when sampling, line ``L`` uses seed
+``--seed + L``, whatever the batch size.
 Every line is checked, and every image found, before the model loads.
 """
 
@@ -29,15 +30,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='JSON lines {"image": PATH, "instruction": TEXT}; edits go to --out DIR')
     parser.add_argument("--out", default=None, metavar="PATH",
                         help="the edited image (default edited.png), or a folder with --edits-file (default edited/)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy (default)")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="sampling temperature; 0 = greedy (default: the model's)")
+    parser.add_argument("--candidates", type=int, default=None,
+                        help="sample this many edits per image and keep the one the model judges best "
+                             "(default: the model's)")
     parser.add_argument("--seed", type=int, default=0, help="base seed when sampling (default 0)")
     add_runtime_arguments(parser, default_batch_size=16)
 
 
 def run(args: argparse.Namespace) -> int:
     check_runtime_arguments(args)
-    if not 0.0 <= args.temperature <= 10.0:
+    if args.temperature is not None and not 0.0 <= args.temperature <= 10.0:
         raise UserError(f"--temperature must be in [0, 10], got {args.temperature}")
+    if args.candidates is not None and not 1 <= args.candidates <= 64:
+        raise UserError(f"--candidates must be in [1, 64], got {args.candidates}")
+    if args.candidates is not None and args.candidates > 1 and args.temperature == 0:
+        raise UserError(f"--candidates {args.candidates} needs sampling: give --temperature > 0")
     if args.edits_file is not None:
         if args.image is not None:
             raise UserError("give IMAGE INSTRUCTION or --edits-file FILE, not both")
@@ -58,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
             images = [read_image(request.image, request.where) for request in batch]
             generators = [torch.Generator().manual_seed(args.seed + request.line) for request in batch]
             edited = pipeline.edit(images, [request.text for request in batch], temperature=args.temperature,
-                                   generator=generators, batch_size=args.batch_size).images
+                                   num_candidates=args.candidates, generator=generators, batch_size=args.batch_size).images
             for request, image in zip(batch, edited, strict=True):
                 save_image(image, paths[request.line], _image_format(paths[request.line]))
                 print(paths[request.line], flush=True)

@@ -177,14 +177,19 @@ def run_shapes(args: argparse.Namespace) -> int:
     def rewrite(prompts: list[str]):
         return [(r.restatement, r.unknown, r.accepted) for r in pipe.rewrites(prompts, batch_size=args.batch_size)]
 
+    editing = pipe.edit_settings()  # likewise
+
+    def edit(images: list, instructions: list[str], seed: int):
+        generators = [torch.Generator().manual_seed(seed + i) for i in range(len(images))]
+        return pipe.edit(images, instructions, generator=generators, batch_size=args.batch_size).images
+
     model = ShapesModel(
         generate=generate,
         caption=lambda images: pipe.caption(images, batch_size=args.batch_size),
         rewrite=rewrite if knows("rewrite") else None,
         answer=(lambda images, questions: pipe.answer(images, questions, batch_size=args.batch_size))
         if knows("answer") else None,
-        edit=(lambda images, instructions: pipe.edit(images, instructions, batch_size=args.batch_size).images)
-        if knows("edit") else None,
+        edit=edit if knows("edit") else None,
     )
     check_reads_shapes(model.caption, pipe.image_tokenizer.image_size, str(model_dir))
     start = time.perf_counter()
@@ -194,7 +199,9 @@ def run_shapes(args: argparse.Namespace) -> int:
         settings={"model": str(model_dir), "guidance": drawing.guidance_scale,
                   "temperature": drawing.options.temperature, "top_k": drawing.options.top_k,
                   "top_p": drawing.options.top_p, "candidates": drawing.num_candidates,
-                  "consensus_weight": drawing.consensus_weight, "rewrite_prompts": drawing.rewrite_prompts},
+                  "consensus_weight": drawing.consensus_weight, "rewrite_prompts": drawing.rewrite_prompts,
+                  "edit_temperature": editing.options.temperature, "edit_candidates": editing.num_candidates,
+                  "edit_consensus_weight": editing.consensus_weight},
     )
     paths = write_report(evaluation, args.out)
     print(evaluation.markdown())

@@ -47,7 +47,7 @@ GenerateFn = Callable[[list[str], int], list[Image.Image]]  # (prompts, seed) ->
 CaptionFn = Callable[[list[Image.Image]], list[str]]
 RewriteFn = Callable[[list[str]], list[tuple[str, str, bool]]]  # prompts -> (restatement, unknown words, drawn?)
 AnswerFn = Callable[[list[Image.Image], list[str]], list[str]]
-EditFn = Callable[[list[Image.Image], list[str]], list[Image.Image]]
+EditFn = Callable[[list[Image.Image], list[str], int], list[Image.Image]]  # (images, instructions, seed)
 
 
 @dataclass
@@ -354,9 +354,10 @@ class _Run:
             edits = [shapes_tasks.instruct(scene, rng, kinds[i % len(kinds)], held_out=held_out)
                      for i, scene in enumerate(self.scenes)]
             exact, preserved, by_kind = SceneScore(), Rate(), {}
-            for _, batch in _batches(edits, self.batch_size):
+            for start, batch in _batches(edits, self.batch_size):
                 befores = [shapes.render(e.before, self.image_size) for e in batch]
-                afters = self.model.edit(befores, [e.instruction for e in batch])
+                afters = self.model.edit(befores, [e.instruction for e in batch],
+                                         self.seed + (3 + held_out) * 1_000_000 + start)
                 for edit, before, after in zip(batch, befores, afters, strict=True):
                     seen = shapes.analyze(after)
                     ok = exact.add(edit.after, seen)
