@@ -356,6 +356,22 @@ def test_uploads_are_reduced_to_the_models_size_before_they_are_queued(serve):
     assert response.json()["captions"] == ["a 16x16 image"] and backend.image_sizes == [(16, 16)]
 
 
+def test_several_edits_need_sampling_asked_for_or_the_models_default(serve):
+    upload = [("image", ("a.png", png(16), "image/png"))]
+
+    def edit(backend: SlowBackend, **fields: str) -> httpx.Response:
+        return httpx.post(f"{serve(backend)}/v1/images/edits", data={"prompt": "make it blue", "n": "2", **fields},
+                          files=upload, timeout=10)
+
+    greedy_model, sampling_model = SlowBackend(), SlowBackend()
+    sampling_model.edits_sample = True
+    refused = edit(greedy_model)
+    assert refused.status_code == 400 and "temperature > 0" in refused.json()["error"]["message"]
+    assert edit(greedy_model, temperature="0.8").status_code == 200
+    assert len(edit(sampling_model).json()["data"]) == 2
+    assert edit(sampling_model, temperature="0").status_code == 400  # greedy asked for: copies
+
+
 def test_the_decode_budget_caps_pixels_decoded_at_once(monkeypatch):
     running, most = 0, 0
 
