@@ -12,6 +12,9 @@ caption)``: how many of its own drawings the model reads alike is a second judge
 where the prompt is worded unlike the captions the model writes. An image whose prompt is word
 for word one of its candidates' readings is in the captioner's own language, where likelihood
 alone judges best, and is reranked by likelihood alone. Why these choices: ``docs/sampling.md``.
+
+Edits (``rerank_edits``) have no prompt to verify against: a candidate edit is judged by its
+likelihood as the edit of its image by its instruction, plus the same consensus of readings.
 """
 
 from __future__ import annotations
