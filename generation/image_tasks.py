@@ -117,7 +117,7 @@ class ImageTasksMixin:
                     progress=bar.update))
         result = torch.cat(edited)
         if candidates > 1:
-            result = rerank_edits(self.lm, self.vocabulary, codes, instruction_ids, result, candidates=candidates,
+            result = rerank_edits(self.lm, self.vocabulary, sources, row_ids, result, candidates=candidates,
                                   consensus_weight=settings.consensus_weight, batch_size=batch_size)
         images = result if output_type == "latent" else self.decode_codes(result, output_type)
         return UniTokPipelineOutput(images=images) if return_dict else (images,)

@@ -90,8 +90,8 @@ def rerank_edits(
 ) -> torch.Tensor:
     """The best of each image's edited candidates: ``[N, h, w]`` codes out of ``[N * K, h, w]``.
 
-    Candidate ``j`` of image ``i`` is row ``i * K + j`` of ``edited``; ``sources`` and
-    ``instruction_ids`` hold one row per image. A candidate is judged by the model's likelihood of
+    Candidate ``j`` of image ``i`` is row ``i * K + j`` of ``edited``, of ``sources`` (the image it
+    edits) and of ``instruction_ids`` (its instruction), as in ``rerank``. A candidate is judged by the model's likelihood of
     it as the edit of its image by its instruction plus, with a consensus weight, the log of how
     many of the image's candidates the model reads as the same scene. Why: a greedy edit takes the
     likeliest code at every position, which for an unsure model is plain background wherever an
@@ -99,11 +99,9 @@ def rerank_edits(
     model's surest reading of the instruction. The verdict that judges drawings cannot judge an
     edit: there is no prompt to check it against.
     """
-    if edited.shape[0] != sources.shape[0] * candidates or len(instruction_ids) != sources.shape[0]:
-        raise ValueError(f"{edited.shape[0]} edited candidates, {sources.shape[0]} images and "
-                         f"{len(instruction_ids)} instructions do not make images of {candidates} candidates each")
-    scores = edit_log_likelihood(model, vocab, sources.repeat_interleave(candidates, dim=0),
-                                 [ids for ids in instruction_ids for _ in range(candidates)], edited, batch_size)
+    if edited.shape[0] % candidates:
+        raise ValueError(f"{edited.shape[0]} edited candidates do not make images of {candidates} candidates each")
+    scores = edit_log_likelihood(model, vocab, sources, instruction_ids, edited, batch_size)  # checks the rows
     if consensus_weight:
         readings = read_candidates(model, vocab, edited, batch_size)
         scores = scores + consensus_weight * consensus_log_counts(readings, candidates).to(scores)
