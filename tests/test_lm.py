@@ -35,7 +35,7 @@ from unitok.errors import UserError
 from unitok.lm.data import CodeShardDataModule
 from unitok.lm.image_positions import ATTRIBUTE, image_position_table, lm_forward
 from unitok.lm.model import build_pretrained_lm, load_unified_lm, resize_embeddings, save_unified_lm
-from unitok.lm.module import UnifiedLMModule, check_context_holds_an_image
+from unitok.lm.module import UnifiedLMModule, check_context_holds_an_image, task_weight_table
 from unitok.lm.packing import packing_is_exact
 from unitok.lm.sequences import (
     IGNORE,
@@ -307,6 +307,23 @@ def test_loss_is_one_token_mean_per_sequence(tmp_path):
     counted = targets != IGNORE
     per_sequence = [token_loss[row][counted[row]].mean() for row in range(3)]  # 7, 4 and 6 targets
     torch.testing.assert_close(loss, torch.stack(per_sequence).mean())
+
+    module.task_weight_table = task_weight_table({"text_to_image": 3, "rewriting": 0})
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        weighted = module._step(batch, "val")
+    torch.testing.assert_close(weighted, (3 * per_sequence[0] + per_sequence[1]) / 4)
+
+
+@pytest.mark.parametrize(("weights", "message"), [
+    ({"drawing": 2}, r"no such task \['drawing'\]: the tasks are text_to_image, captioning"),
+    ({"editing": -1}, "finite numbers >= 0"),
+    ({"editing": float("nan")}, "finite numbers >= 0"),
+    ({"editing": "lots"}, "finite numbers >= 0"),
+])
+def test_task_weights_name_known_tasks_and_finite_non_negative_weights(weights, message):
+    with pytest.raises(UserError, match=message):
+        task_weight_table(weights)
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])

@@ -7,6 +7,7 @@ The checkpoint carries everything an export needs (HF config, tokenizer files, v
 
 from __future__ import annotations
 
+import math
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -86,6 +87,11 @@ class UnifiedLMModule(L.LightningModule):
             (``unitok.lm.image_positions``); an LM loaded with one keeps it either way.
         lora: train LoRA adapters and the new embedding rows only, the ``pretrained`` base frozen
             (``unitok.lm.lora``), e.g. ``{r: 8, alpha: 16, dropout: 0.0, target_modules: all-linear}``.
+        task_weights: relative weight of each task's sequences in the loss, e.g.
+            ``{text_to_image: 8, editing: 4}`` (a task left out weighs 1). A sequence's loss is the
+            mean over its targets, so an image's few codes that decide a scene (where an object
+            starts, its colour and shape) are diluted by its many easy ones; a weight puts them
+            back on the scale of a short answer without drawing fewer samples of other tasks.
         val_previews: at the end of each validation (not the sanity check), the LM draws the
             captions of the first N captioned validation samples and captions their codes, the same
             samples and seeds every time; ``RUN/samples/step_{step:06d}.jsonl`` gets each sample's
@@ -114,6 +120,7 @@ class UnifiedLMModule(L.LightningModule):
         seed: int = 0,
         image_positions: bool = False,
         lora: LoraSettings | dict | None = None,
+        task_weights: dict[str, float] | None = None,
         val_previews: int = 4,
     ):
         super().__init__()
@@ -125,6 +132,7 @@ class UnifiedLMModule(L.LightningModule):
                             "or drop model.lora to train a model from scratch")
         if val_previews < 0:
             raise UserError(f"model.val_previews must be >= 0 (0: no previews), got {val_previews}")
+        self.task_weight_table = task_weight_table(task_weights)
         self.save_hyperparameters(ignore=["scratch", "lora"])
         self.hparams["scratch"] = asdict(scratch)
         self.hparams["lora"] = None if lora is None else asdict(lora)
@@ -166,14 +174,18 @@ class UnifiedLMModule(L.LightningModule):
             if rows.any():
                 self.log(f"{stage}/loss_{task}", token_loss[rows].mean(), batch_size=batch_size,
                          on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
-        # One mean per sequence, then over sequences: every training sequence weighs the same,
-        # whether it has 65 target ids (an image) or one (a verdict), so the task mix alone sets
-        # how much each task counts.
+        # One mean per sequence, then a mean over sequences weighted by their task's weight (1 unless
+        # model.task_weights says otherwise): a sequence weighs the same whether it has 65 target
+        # ids (an image) or one (a verdict), so the task mix and the weights set how much each counts.
         sequences = sequence_of[counted]
         targets_per_sequence = torch.bincount(sequences, minlength=batch_size)
         loss_per_sequence = torch.zeros(batch_size, device=token_loss.device).index_add_(0, sequences, token_loss[counted])
-        has_targets = targets_per_sequence > 0
-        loss = ((loss_per_sequence[has_targets] / targets_per_sequence[has_targets]).mean() if has_targets.any()
+        task_per_sequence = torch.zeros(batch_size, dtype=torch.long, device=token_loss.device)
+        task_per_sequence[sequences] = task_of[counted]
+        weight = self.task_weight_table.to(token_loss.device)[task_per_sequence]
+        has_targets = (targets_per_sequence > 0) & (weight > 0)
+        mean_per_sequence = loss_per_sequence[has_targets] / targets_per_sequence[has_targets]
+        loss = ((mean_per_sequence * weight[has_targets]).sum() / weight[has_targets].sum() if has_targets.any()
                 else token_loss.sum() * 0.0)
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=batch_size, on_step=on_step, on_epoch=not on_step,
                  sync_dist=not on_step)
@@ -233,6 +245,19 @@ class UnifiedLMModule(L.LightningModule):
                             f"{self.vocabulary}: resume with the config the checkpoint was trained with")
         # Same layout; take the checkpoint's exact tokenizer (a re-trained BPE could differ in merges).
         self.text_tokenizer = restore_tokenizer(checkpoint[CHECKPOINT_KEY]["tokenizer_files"])
+
+
+def task_weight_table(task_weights: dict[str, float] | None) -> torch.Tensor:
+    """Each task's loss weight, indexed like ``TASKS`` (1 for a task ``task_weights`` leaves out)."""
+    task_weights = dict(task_weights or {})
+    unknown = sorted(set(task_weights) - set(TASKS))
+    if unknown:
+        raise UserError(f"model.task_weights names no such task {unknown}: the tasks are {', '.join(TASKS)}")
+    bad = {task: weight for task, weight in task_weights.items()
+           if not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0}
+    if bad:
+        raise UserError(f"model.task_weights must be finite numbers >= 0 (0 leaves a task out of the loss), got {bad}")
+    return torch.tensor([float(task_weights.get(task, 1.0)) for task in TASKS])
 
 
 def tokenizer_files(tokenizer) -> dict[str, str]:
