@@ -132,7 +132,9 @@ class UnifiedLMModule(L.LightningModule):
                             "or drop model.lora to train a model from scratch")
         if val_previews < 0:
             raise UserError(f"model.val_previews must be >= 0 (0: no previews), got {val_previews}")
-        self.task_weight_table = task_weight_table(task_weights)
+        # A buffer, so the Trainer moves it with the model (not per step); not persistent, so the
+        # weights come from the config a run is started or resumed with, as every hyperparameter does.
+        self.register_buffer("task_weight_table", task_weight_table(task_weights), persistent=False)
         self.save_hyperparameters(ignore=["scratch", "lora"])
         self.hparams["scratch"] = asdict(scratch)
         self.hparams["lora"] = None if lora is None else asdict(lora)
@@ -182,7 +184,7 @@ class UnifiedLMModule(L.LightningModule):
         loss_per_sequence = torch.zeros(batch_size, device=token_loss.device).index_add_(0, sequences, token_loss[counted])
         task_per_sequence = torch.zeros(batch_size, dtype=torch.long, device=token_loss.device)
         task_per_sequence[sequences] = task_of[counted]
-        weight = self.task_weight_table.to(token_loss.device)[task_per_sequence]
+        weight = self.task_weight_table[task_per_sequence]
         has_targets = (targets_per_sequence > 0) & (weight > 0)
         mean_per_sequence = loss_per_sequence[has_targets] / targets_per_sequence[has_targets]
         loss = ((mean_per_sequence * weight[has_targets]).sum() / weight[has_targets].sum() if has_targets.any()
