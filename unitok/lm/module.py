@@ -67,7 +67,7 @@ def image_geometry(
 
 
 class UnifiedLMModule(L.LightningModule):
-    """A causal LM over ``[text | specials | image codes]`` trained on text-to-image + captioning.
+    """A causal LM over ``[text | specials | image codes]`` trained on every task in ``TASKS`` at once.
 
     Args:
         pretrained: HF causal LM (hub id or folder) to extend; None builds a Llama from scratch.
