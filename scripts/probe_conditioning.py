@@ -10,7 +10,10 @@ rest. A model that draws what the text says spends almost nothing on the rest on
 caption; what the caption saves over no caption is what the model has learned to take from the
 text. Why: with a patch tokenizer most codes are background, so teacher-forced token accuracy is
 high while the codes that decide the scene (where an object starts, its colour and shape) can
-still be guessed without reading the prompt.
+still be guessed without reading the prompt. The last lines say how often the LM's likeliest code
+is the right one, given its caption, at each object's first code (the first patch in raster order
+that meets the object's bounding box: where drawing commits to what the object is) and over all
+the patches the object meets; a greedy drawing is right only where these are.
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ from unitok.lm.sequences import IGNORE, collate, next_token_losses, text_to_imag
 
 
 def code_nats(pipe: UniTokPipeline, codes: torch.Tensor, captions: list[str | None],
-              batch_size: int = 32) -> torch.Tensor:
-    """``[N, h * w]`` nats of each image code given its caption (None: the unconditional prompt)."""
-    rows = []
+              batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[N, h * w]`` nats of each image code given its caption (None: the unconditional prompt),
+    and whether the LM's likeliest code there is the right one."""
+    rows, right = [], []
     for start in range(0, codes.shape[0], batch_size):
         examples = [text_to_image_example(None if text is None else pipe.encode_prompt(text), grid, pipe.vocabulary)
                     for grid, text in zip(codes[start : start + batch_size], captions[start : start + batch_size],
@@ -41,9 +45,25 @@ def code_nats(pipe: UniTokPipeline, codes: torch.Tensor, captions: list[str | No
                                 attention_mask=batch["attention_mask"]).logits
         losses, targets = next_token_losses(logits, batch["labels"])
         labelled = targets != IGNORE
+        hits = logits[:, :-1].argmax(-1) == targets
         # Each row's labelled positions are its codes then <|eoi|>; keep the codes.
-        rows += [row[mask][: pipe.vocabulary.tokens_per_image] for row, mask in zip(losses, labelled, strict=True)]
-    return torch.stack(rows)
+        keep = pipe.vocabulary.tokens_per_image
+        rows += [row[mask][:keep] for row, mask in zip(losses, labelled, strict=True)]
+        right += [row[mask][:keep] for row, mask in zip(hits, labelled, strict=True)]
+    return torch.stack(rows), torch.stack(right)
+
+
+def object_patches(scene: shapes.Scene, grid: tuple[int, int], size: int) -> list[torch.Tensor]:
+    """Per object, the raster indices of the patches its bounding box meets (SHAPES.md geometry)."""
+    rows, cols = grid
+    patches = []
+    for obj in scene.objects:
+        col, row = obj.cell
+        cx, cy, r = (col + 0.5) * size / 3, (row + 0.5) * size / 3, shapes.SIZES[obj.size] * size
+        ys = [i for i in range(rows) if i * size / rows < cy + r and (i + 1) * size / rows > cy - r]
+        xs = [j for j in range(cols) if j * size / cols < cx + r and (j + 1) * size / cols > cx - r]
+        patches.append(torch.tensor([i * cols + j for i in ys for j in xs]))
+    return patches
 
 
 def main() -> None:
@@ -65,9 +85,16 @@ def main() -> None:
     print(f"{'prompt':<24} {'nats/image':>10} {'background':>10} {'the rest':>9}")
     for name, prompt in (("its caption", captions), ("no caption", [None] * len(captions)),
                          ("another scene's caption", [captions[i] for i in others])):
-        nats = code_nats(pipe, codes.view(-1, *pipe.vocabulary.grid), prompt)
+        nats, right = code_nats(pipe, codes.view(-1, *pipe.vocabulary.grid), prompt)
         print(f"{name:<24} {nats.sum(1).mean():>10.2f} {nats[background].sum() / len(scenes):>10.2f} "
               f"{nats[~background].sum() / len(scenes):>9.2f}")
+        if name == "its caption":
+            hits = right
+    patches = [object_patches(scene, pipe.vocabulary.grid, size) for scene in scenes]
+    first = torch.stack([row[p[0]] for row, scene_patches in zip(hits, patches, strict=True) for p in scene_patches])
+    every = torch.cat([row[p] for row, scene_patches in zip(hits, patches, strict=True) for p in scene_patches])
+    print(f"given its caption, the likeliest code is right at {100 * first.float().mean():.1f} % of the objects' "
+          f"first codes and {100 * every.float().mean():.1f} % of their codes ({len(first)} objects)")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,16 @@ import pytest
 
 from unitok.data import shapes
 from unitok.data.shapes_language import Words, parse_prompt
-from unitok.data.shapes_tasks import EDIT_KINDS, QUESTION_KINDS, ask, instruct, refer, untouched_preserved
+from unitok.data.shapes_tasks import (
+    EDIT_KINDS,
+    HELD_OUT_QUESTION_FAMILIES,
+    QUESTION_FAMILIES,
+    QUESTION_KINDS,
+    ask,
+    instruct,
+    refer,
+    untouched_preserved,
+)
 
 SCENE = shapes.Scene("black", (shapes.ShapeObject("top left", "large", "red", "circle"),
                                shapes.ShapeObject("top", "small", "blue", "square"),
@@ -32,10 +41,40 @@ def test_every_kind_of_question_has_a_short_answer_of_its_kind(kind):
 def test_answers_are_the_scenes_facts():
     rng = np.random.default_rng(1)
     assert ask(SCENE, rng, "count").answer == "3"
-    answers = {q.text.lower().rstrip("?"): q.answer for q in (ask(SCENE, rng, "count shape") for _ in range(200))}
+    answers = {q.text.lower().rstrip("?"): q.answer
+               for q in (ask(SCENE, rng, "count shape", family="direct") for _ in range(300))}
     assert answers.get("how many squares are there") == "2" and answers.get("how many circles are there") == "1"
-    where = {q.text.rstrip("?"): q.answer for q in (ask(SCENE, rng, "where") for _ in range(100))}
-    assert where.get("where is the circle") == "top left"
+    where = [ask(SCENE, rng, "where") for _ in range(300)]
+    of_the_circle = [q.answer for q in where if any(word in q.text.lower() for word in ("circle", "disc", "disk"))]
+    assert of_the_circle and set(of_the_circle) == {"top left"}
+
+
+@pytest.mark.parametrize("family", QUESTION_FAMILIES + HELD_OUT_QUESTION_FAMILIES)
+def test_every_family_words_every_kind_and_keeps_the_answer(family):
+    for kind in QUESTION_KINDS:
+        worded = ask(SCENE, np.random.default_rng(4), kind, family=family)
+        direct = ask(SCENE, np.random.default_rng(4), kind, family="direct")
+        assert worded.family == family and worded.text and worded.answer == direct.answer
+
+
+def test_held_out_question_families_never_word_a_training_question():
+    """A held-out question is new as a whole, though its words are the training questions' words."""
+    rng = np.random.default_rng(5)
+    normal = lambda text: text.lower().rstrip("?")  # noqa: E731
+    training = {normal(ask(shapes.random_scene(rng), rng).text) for _ in range(20000)}
+    held_out = [ask(shapes.random_scene(rng), rng, held_out=True) for _ in range(3000)]
+    assert {q.family for q in held_out} == set(HELD_OUT_QUESTION_FAMILIES)
+    assert not [q.text for q in held_out if normal(q.text) in training]
+    # The terse family is new grammar, not new words: nearly all its questions use training words only.
+    words = lambda text: set(normal(text).replace(",", " ").replace(":", " ").split())  # noqa: E731
+    training_words = set().union(*map(words, training))
+    terse = [q for q in held_out if q.family == "terse"]
+    assert sum(words(q.text) <= training_words for q in terse) >= 0.9 * len(terse)
+
+
+def test_an_unknown_question_family_is_refused():
+    with pytest.raises(ValueError, match="question family"):
+        ask(SCENE, np.random.default_rng(0), "count", family="sonnet")
 
 
 def test_references_tell_the_object_apart():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from unitok.cli import main
-from unitok.data import shapes, shapes_language
+from unitok.data import shapes, shapes_language, shapes_tasks
 from unitok.data.shapes_shards import scene_split, write_shapes_shards
 from unitok.data.shards import ShardWriter, SkipCounter, iterate_samples, read_shards, shard_urls
 from unitok.errors import UserError
@@ -44,6 +44,7 @@ def test_sample_content_matches_its_scene(tmp_path):
             assert normal.satisfied_by(scene), prompt  # what each prompt states holds for its scene
             assert prompt["family"] in {*shapes_language.TRAIN_FAMILIES, "unknown"}
         assert [v["match"] for v in meta["verify"]] == [True, False, False]
+        assert {q["family"] for q in meta["questions"]} <= set(shapes_tasks.QUESTION_FAMILIES)  # none held out
         assert scene_split(scene) == "val"
     assert readable >= 38  # renderings vary (JPEG at quality 50, noise) but stay faithful
 

@@ -93,7 +93,8 @@ def sample_meta(scene: shapes.Scene, rng: np.random.Generator) -> tuple[dict, sh
         "verify": [{"text": prompts[0]["text"], "match": True},
                    {"text": mismatch(scene, rng), "match": False},
                    {"text": unknown.text, "match": False}],
-        "questions": [{"question": q.text, "answer": q.answer, "kind": q.kind} for q in questions],
+        "questions": [{"question": q.text, "answer": q.answer, "kind": q.kind, "family": q.family}
+                      for q in questions],
         "edit": {"instruction": edit.instruction, "kind": edit.kind, "after": edit.after.to_dict()},
     }, edit
 

@@ -4,12 +4,14 @@
 digit, yes/no, a colour, a shape, small/large, a position name, "red circle" or "nothing");
 ``instruct(scene, rng)`` draws an edit (``EDIT_KINDS``), the scene it makes and an instruction
 that says it. Objects are referred to by whatever tells them apart (colour, shape, size,
-position), in the prompt language's words. ``*_HELD_OUT`` phrasings never appear in training.
+position), in the prompt language's words. Questions are worded by families as prompts are; held-out
+families (``HELD_OUT_QUESTION_FAMILIES``) and ``*_held_out`` instruction wordings never appear in training.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -27,6 +29,7 @@ class Question:
     text: str
     answer: str
     kind: str
+    family: str
 
 
 @dataclass(frozen=True)
@@ -73,51 +76,118 @@ def _answer_object(obj: ShapeObject) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Questions
+#
+# A question is its content (what is asked, and its answer) put into words by a family, as prompts
+# are (``shapes_language``). Each kind of question gives its content in four grammatical forms: a
+# direct question ("what colour is the shape at the top"), an embedded one ("what colour the shape
+# at the top is", for "can you tell me ..."), a noun phrase ("the colour of the shape at the top",
+# for "tell me ...") and a terse one ("colour of the shape at the top", "top: what colour").
+# Families put the forms together; the held-out families use forms and frames no training
+# question has, out of words training questions do use, so they measure whether a model learned
+# the words rather than the frames. ``legacy`` keeps the first held-out wordings verbatim, so
+# figures stay comparable with the runs measured on them.
 
-_COUNT = ("how many shapes are there", "how many objects are there", "how many things are in the picture",
-          "count the shapes", "what is the number of shapes", "how many shapes do you see")
-_COUNT_HELD_OUT = ("tell me how many objects the image contains", "number of shapes in this image")
+
+@dataclass
+class _Content:
+    """What a question asks, in each form (lists of alternatives), and its answer."""
+
+    direct: list[str]
+    embedded: list[str]
+    noun: list[str]
+    terse: list[str]
+    legacy: list[str]
+    answer: str
+
+
+_COLOR_NOUNS = ("color", "colour", "color", "colour", "hue", "shade")
+_SHAPE_NOUNS = ("shape", "shape", "form", "kind of shape", "type of shape")
+_POLITE = ("can you tell me", "could you tell me", "do you know", "please tell me", "tell me", "i want to know",
+           "i'd like to know", "let me know", "can you say")
+_COMMANDS = ("tell me", "give me", "what is", "what's", "state", "please give me", "i need", "say")
+_SCOPES_BEFORE = ("in this image, ", "in the picture, ", "looking at the image, ", "here, ", "in this scene, ")
+_SCOPES_AFTER = (" in the image", " in this picture", " here", " in the scene", " in this image")
+_WONDERING = ("i wonder", "any idea", "would you mind telling me", "i'm curious about", "do you happen to know",
+              "i was wondering")
+
+QUESTION_FAMILIES = ("direct", "polite", "command", "scoped")
+HELD_OUT_QUESTION_FAMILIES = ("terse", "wondering", "legacy")
 
 
 def _number(n: int) -> str:
     return str(n)
 
 
-def ask(scene: Scene, rng: np.random.Generator, kind: str | None = None, held_out: bool = False) -> Question:
-    """A question of ``kind`` (default: any) about ``scene`` and its answer."""
+def ask(scene: Scene, rng: np.random.Generator, kind: str | None = None, held_out: bool = False,
+        family: str | None = None) -> Question:
+    """A question of ``kind`` (default: any) about ``scene``, worded by ``family`` (default: any
+    training family, or any held-out one when ``held_out``), and its answer."""
     kind = kind or _pick(rng, QUESTION_KINDS)
+    family = family or _pick(rng, HELD_OUT_QUESTION_FAMILIES if held_out else QUESTION_FAMILIES)
+    if family not in QUESTION_FAMILIES + HELD_OUT_QUESTION_FAMILIES:
+        raise ValueError(f"unknown question family {family!r}")
     words = Words(rng)
-    asked = _QUESTIONS[kind](scene, words, held_out)
-    if asked is None:  # nothing of this kind has one answer here ("where" of an object that has a twin)
-        kind, asked = "count", _count(scene, words, held_out)
-    q, answer = asked
-    q = q.strip()
+    content = _QUESTIONS[kind](scene, words)
+    if content is None:  # nothing of this kind has one answer here ("where" of an object that has a twin)
+        kind, content = "count", _count(scene, words)
+    q = _worded(content, family, words).strip()
     if rng.random() < 0.7:
         q += "?"
     if rng.random() < 0.15:
         q = q[:1].upper() + q[1:]
-    return Question(q, answer, kind)
+    return Question(q, content.answer, kind, family)
 
 
-def _count(scene: Scene, words: Words, held_out: bool) -> tuple[str, str]:
-    return _pick(words.rng, _COUNT_HELD_OUT if held_out else _COUNT), _number(len(scene.objects))
+def _worded(content: _Content, family: str, words: Words) -> str:
+    pick = lambda options: _pick(words.rng, options)  # noqa: E731
+    if family == "direct":
+        return pick(content.direct)
+    if family == "polite":
+        return f"{pick(_POLITE)} {pick(content.embedded)}"
+    if family == "command":
+        if content.noun and words.rng.random() < 0.75:
+            return f"{pick(_COMMANDS)} {pick(content.noun)}"
+        return f"{pick(('tell me', 'say', 'please tell me'))} {pick(content.embedded)}"
+    if family == "scoped":
+        if words.rng.random() < 0.5:
+            return pick(_SCOPES_BEFORE) + pick(content.direct)
+        return pick(content.direct) + pick(_SCOPES_AFTER)
+    if family == "terse":
+        return pick(content.terse)
+    if family == "wondering":
+        return f"{pick(_WONDERING)} {pick(content.embedded)}"
+    return pick(content.legacy)
 
 
-def _count_shape(scene: Scene, words: Words, held_out: bool) -> tuple[str, str]:
+def _count(scene: Scene, words: Words) -> _Content:
+    things = words.noun(None, plural=True)
+    return _count_of(things, len(scene.objects),
+                     legacy=["tell me how many objects the image contains", "number of shapes in this image"])
+
+
+def _count_of(things: str, n: int, legacy: list[str]) -> _Content:
+    return _Content(
+        direct=[f"how many {things} are there", f"how many {things} do you see", f"how many {things} are in the image",
+                f"how many {things} can you see", f"what is the number of {things}", f"count the {things}"],
+        embedded=[f"how many {things} there are", f"how many {things} you see", f"how many {things} the image has",
+                  f"the number of {things}"],
+        noun=[f"the number of {things}", f"the total number of {things}"],
+        terse=[f"number of {things}", f"{things}: how many", f"count of {things}", f"{things} count"],
+        legacy=legacy, answer=_number(n))
+
+
+def _count_shape(scene: Scene, words: Words) -> _Content:
     shape = _pick(words.rng, SHAPES)
     plural = _pick(words.rng, SHAPE_WORDS[shape])[1]
-    frames = ("how many {} are there", "count the {}", "how many {} do you see", "how many {} are in the image") \
-        if not held_out else ("what number of {} can be found", "{}: how many")
-    return _pick(words.rng, frames).format(plural), _number(sum(o.shape == shape for o in scene.objects))
+    return _count_of(plural, sum(o.shape == shape for o in scene.objects),
+                     legacy=[f"what number of {plural} can be found", f"{plural}: how many"])
 
 
-def _count_color(scene: Scene, words: Words, held_out: bool) -> tuple[str, str]:
+def _count_color(scene: Scene, words: Words) -> _Content:
     color = _pick(words.rng, list(COLORS)) if words.rng.random() < 0.5 else _pick(words.rng, scene.objects).color
-    noun = words.noun(None, plural=True)
-    frames = ("how many {} {} are there", "count the {} {}", "how many {} {} do you see") \
-        if not held_out else ("what number of {} {} can be found", "tell me the count of {} {}")
-    return _pick(words.rng, frames).format(words.color(color), noun), \
-        _number(sum(o.color == color for o in scene.objects))
+    things = f"{words.color(color)} {words.noun(None, plural=True)}"
+    return _count_of(things, sum(o.color == color for o in scene.objects),
+                     legacy=[f"what number of {things} can be found", f"tell me the count of {things}"])
 
 
 def _at(scene: Scene, words: Words) -> tuple[str, ShapeObject | None]:
@@ -126,37 +196,60 @@ def _at(scene: Scene, words: Words) -> tuple[str, ShapeObject | None]:
     return words.position(position), occupied.get(position)
 
 
-def _color_at(scene: Scene, words: Words, held_out: bool) -> tuple[str, str]:
+def _attribute_at(scene: Scene, words: Words, nouns: Sequence[str], value: str) -> tuple[_Content, str]:
+    """The direct, embedded, noun and terse forms of "what <noun> is the shape <where>"."""
     where, obj = _at(scene, words)
-    frames = ("what color is the shape {}", "what colour is the object {}", "which color is {}",
-              "what is the color of the thing {}") if not held_out else ("the shape {} has which colour",
-                                                                          "name the colour found {}")
-    return _pick(words.rng, frames).format(where), obj.color if obj else "nothing"
+    thing, noun = words.noun(None), _pick(words.rng, nouns)
+    bare = where.split(" ", 2)[-1] if where.startswith(("at the ", "in the ", "on the ")) else where
+    content = _Content(
+        direct=[f"what {noun} is the {thing} {where}", f"which {noun} is the {thing} {where}",
+                f"what is the {noun} of the {thing} {where}", f"what {noun} does the {thing} {where} have"],
+        embedded=[f"what {noun} the {thing} {where} is", f"which {noun} the {thing} {where} has",
+                  f"the {noun} of the {thing} {where}"],
+        noun=[f"the {noun} of the {thing} {where}", f"the {thing} {where}'s {noun}"],
+        terse=[f"{noun} of the {thing} {where}", f"{bare}: what {noun}", f"{noun} {where}", f"{bare} {noun}"],
+        legacy=[], answer=getattr(obj, value) if obj else "nothing")
+    return content, where
 
 
-def _shape_at(scene: Scene, words: Words, held_out: bool) -> tuple[str, str]:
-    where, obj = _at(scene, words)
-    frames = ("what shape is {}", "which shape is {}", "what is {}", "what kind of shape is {}") \
-        if not held_out else ("name the shape found {}", "the object {} is which shape")
-    return _pick(words.rng, frames).format(where), obj.shape if obj else "nothing"
+def _color_at(scene: Scene, words: Words) -> _Content:
+    content, where = _attribute_at(scene, words, _COLOR_NOUNS, "color")
+    content.legacy = [f"the shape {where} has which colour", f"name the colour found {where}"]
+    return content
 
 
-def _size_at(scene: Scene, words: Words, held_out: bool) -> tuple[str, str]:
-    where, obj = _at(scene, words)
-    frames = ("is the shape {} big or small", "what size is the object {}", "how big is the shape {}",
-              "is the thing {} large or small") if not held_out else ("the object {} is of which size",
-                                                                      "small or large: the shape {}")
-    return _pick(words.rng, frames).format(where), obj.size if obj else "nothing"
+def _shape_at(scene: Scene, words: Words) -> _Content:
+    content, where = _attribute_at(scene, words, _SHAPE_NOUNS, "shape")
+    content.direct += [f"what is {where}", f"what do you see {where}"]
+    content.embedded += [f"what is {where}"]
+    content.legacy = [f"name the shape found {where}", f"the object {where} is which shape"]
+    return content
 
 
-def _background(scene: Scene, words: Words, held_out: bool) -> tuple[str, str]:
-    frames = ("what color is the background", "what colour is the background", "which color is the background",
-              "what is the background color") if not held_out else ("the backdrop is which colour",
-                                                                    "name the colour behind the shapes")
-    return _pick(words.rng, frames), scene.background
+def _size_at(scene: Scene, words: Words) -> _Content:
+    content, where = _attribute_at(scene, words, ("size",), "size")
+    thing = words.noun(None)
+    big, small = words.size("large"), words.size("small")
+    content.direct += [f"is the {thing} {where} {big} or {small}", f"how big is the {thing} {where}"]
+    content.embedded += [f"whether the {thing} {where} is {big} or {small}", f"how big the {thing} {where} is"]
+    content.terse += [f"{big} or {small}: the {thing} {where}"]
+    content.legacy = [f"the object {where} is of which size", f"small or large: the shape {where}"]
+    return content
 
 
-def _exists(scene: Scene, words: Words, held_out: bool) -> tuple[str, str]:
+def _background(scene: Scene, words: Words) -> _Content:
+    noun = _pick(words.rng, _COLOR_NOUNS)
+    ground = _pick(words.rng, ("background", "background", "backdrop", "canvas"))
+    return _Content(
+        direct=[f"what {noun} is the {ground}", f"which {noun} is the {ground}", f"what is the {ground} {noun}",
+                f"what is the {noun} of the {ground}"],
+        embedded=[f"what {noun} the {ground} is", f"which {noun} the {ground} has", f"the {ground} {noun}"],
+        noun=[f"the {noun} of the {ground}", f"the {ground} {noun}", f"the {ground}'s {noun}"],
+        terse=[f"{ground} {noun}", f"{noun} of the {ground}", f"{ground}: what {noun}"],
+        legacy=["the backdrop is which colour", "name the colour behind the shapes"], answer=scene.background)
+
+
+def _exists(scene: Scene, words: Words) -> _Content:
     if words.rng.random() < 0.5:
         obj = _pick(words.rng, scene.objects)
         color, shape = obj.color, obj.shape
@@ -166,21 +259,30 @@ def _exists(scene: Scene, words: Words, held_out: bool) -> tuple[str, str]:
     if words.rng.random() < 0.3:
         size = _pick(words.rng, list(SIZES))
     phrase = " ".join([*([words.size(size)] if size else []), words.color(color), words.noun(shape)])
-    article = "an" if phrase[0] in "aeiou" else "a"
-    frames = ("is there {} {}", "do you see {} {}", "does the picture have {} {}", "is there any {} {}") \
-        if not held_out else ("can {} {} be found", "does {} {} appear anywhere")
+    a = f"{'an' if phrase[0] in 'aeiou' else 'a'} {phrase}"
     found = any(o.color == color and o.shape == shape and size in (None, o.size) for o in scene.objects)
-    return _pick(words.rng, frames).format(article, phrase), "yes" if found else "no"
+    return _Content(
+        direct=[f"is there {a}", f"do you see {a}", f"does the picture have {a}", f"is there any {phrase}",
+                f"does the image contain {a}", f"can you see {a}"],
+        embedded=[f"whether there is {a}", f"if there is {a}", f"whether the image has {a}", f"if you see {a}"],
+        noun=[], terse=[f"any {phrase}", f"{a} anywhere", f"{phrase} present", f"{a}: yes or no"],
+        legacy=[f"can {a} be found", f"does {a} appear anywhere"], answer="yes" if found else "no")
 
 
-def _where(scene: Scene, words: Words, held_out: bool) -> tuple[str, str] | None:
+def _where(scene: Scene, words: Words) -> _Content | None:
     """"where is the blue circle?" about an object its other attributes tell apart."""
     for index in words.rng.permutation(len(scene.objects)):
-        reference = refer(scene, int(index), words, attributes=("shape", "color", "size"))
-        if reference is not None:
-            frames = ("where is {}", "in which position is {}", "where can i find {}", "which cell is {} in") \
-                if not held_out else ("locate {}", "the position of {} is what")
-            return _pick(words.rng, frames).format(reference), scene.objects[int(index)].position
+        ref = refer(scene, int(index), words, attributes=("shape", "color", "size"))
+        if ref is not None:
+            place = _pick(words.rng, ("position", "location", "place"))
+            return _Content(
+                direct=[f"where is {ref}", f"in which position is {ref}", f"where can i find {ref}",
+                        f"which cell is {ref} in", f"what is the {place} of {ref}"],
+                embedded=[f"where {ref} is", f"in which position {ref} is", f"where i can find {ref}"],
+                noun=[f"the {place} of {ref}", f"{ref}'s {place}"],
+                terse=[f"{place} of {ref}", f"{ref}: where", f"where's {ref}"],
+                legacy=[f"locate {ref}", f"the position of {ref} is what"],
+                answer=scene.objects[int(index)].position)
     return None
 
 
@@ -188,7 +290,7 @@ _RELATION_QUESTIONS = {"left of": lambda a, b: a[0] < b[0], "right of": lambda a
                        "above": lambda a, b: a[1] < b[1], "below": lambda a, b: a[1] > b[1]}
 
 
-def _relation(scene: Scene, words: Words, held_out: bool) -> tuple[str, str] | None:
+def _relation(scene: Scene, words: Words) -> _Content | None:
     """"what is left of the triangle?": asked only where one object, or none, is."""
     choices = [(kind, index) for kind in _RELATION_QUESTIONS for index in range(len(scene.objects))]
     for choice in words.rng.permutation(len(choices)):
@@ -201,10 +303,14 @@ def _relation(scene: Scene, words: Words, held_out: bool) -> tuple[str, str] | N
         return None
     phrase = _pick(words.rng, {"left of": ("to the left of", "left of"), "right of": ("to the right of", "right of"),
                                "above": ("above", "over"), "below": ("below", "under", "beneath")}[kind])
-    frames = ("what is {} {}", "which shape is {} {}", "what do you see {} {}") if not held_out else \
-        ("name the object {} {}", "tell me what lies {} {}")
-    text = _pick(words.rng, frames).format(phrase, refer(scene, index, words))
-    return text, _answer_object(hits[0]) if hits else "nothing"
+    ref, thing = refer(scene, index, words), words.noun(None)
+    return _Content(
+        direct=[f"what is {phrase} {ref}", f"which {thing} is {phrase} {ref}", f"what do you see {phrase} {ref}"],
+        embedded=[f"what is {phrase} {ref}", f"which {thing} is {phrase} {ref}", f"what you see {phrase} {ref}"],
+        noun=[f"the {thing} {phrase} {ref}", f"the {thing} that is {phrase} {ref}"],
+        terse=[f"{phrase} {ref}: what", f"the {thing} {phrase} {ref}", f"{thing} {phrase} {ref}"],
+        legacy=[f"name the object {phrase} {ref}", f"tell me what lies {phrase} {ref}"],
+        answer=_answer_object(hits[0]) if hits else "nothing")
 
 
 _QUESTIONS = {"count": _count, "count shape": _count_shape, "count color": _count_color, "color at": _color_at,

@@ -335,17 +335,21 @@ class _Run:
                 answers += self.model.answer([shapes.render(scene, self.image_size) for scene, _ in batch],
                                              [q.text for _, q in batch])
                 self.bar.update(len(batch))
-            overall, by_kind = Rate(), {}
+            overall, by_kind, by_family = Rate(), {}, {}
             for (_, question), answer in zip(items, answers, strict=True):
                 hit = normal_answer(answer) == question.answer
                 overall.add(hit)
                 by_kind.setdefault(question.kind, Rate()).add(hit)
+                by_family.setdefault(question.family, Rate()).add(hit)
             what = "every question type" if held_out else "one random type per scene"
             self.rows.append(Row(f"answering/{held.replace(' ', '_')}", "question answering", f"{what}: exact answer",
                                  f"{held} (question wording)", overall))
             if held_out:
                 self.breakdown["Question answering by type (held-out wordings)"] = {
                     kind: by_kind[kind].as_dict() for kind in shapes_tasks.QUESTION_KINDS if kind in by_kind}
+                self.breakdown["Question answering by wording family (held out)"] = {
+                    family: by_family[family].as_dict() for family in shapes_tasks.HELD_OUT_QUESTION_FAMILIES
+                    if family in by_family}
 
     def editing(self) -> None:
         for held_out, held in ((True, "held out"), (False, "held in")):
