@@ -106,6 +106,8 @@ def test_a_perfect_model_scores_100_percent_in_every_suite(tmp_path, recorded_ta
     assert set(scores["breakdown"]["Question answering by type (held-out wordings)"]) == set(shapes_tasks.QUESTION_KINDS)
     assert set(scores["breakdown"]["Question answering by wording family (held out)"]) == set(
         shapes_tasks.HELD_OUT_QUESTION_FAMILIES)
+    assert set(scores["breakdown"]["Editing by wording family (held out, exact target)"]) == set(
+        shapes_tasks.HELD_OUT_INSTRUCTION_FAMILIES)
     assert scores["text_to_image/held_out_families"]["held"] == "held out"
     paths = write_report(evaluation, tmp_path)
     assert json.loads(paths["json"].read_text())["answering/held_out"]["exact"] == 1.0

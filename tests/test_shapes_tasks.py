@@ -7,7 +7,9 @@ from unitok.data import shapes
 from unitok.data.shapes_language import Words, parse_prompt
 from unitok.data.shapes_tasks import (
     EDIT_KINDS,
+    HELD_OUT_INSTRUCTION_FAMILIES,
     HELD_OUT_QUESTION_FAMILIES,
+    INSTRUCTION_FAMILIES,
     QUESTION_FAMILIES,
     QUESTION_KINDS,
     ask,
@@ -99,3 +101,26 @@ def test_every_edit_changes_what_it_says_and_nothing_else(kind):
             assert (edit.before.background != edit.after.background) == (kind == "background")
             assert len(changed) == {"add": 1, "remove": 1, "background": 0}.get(kind, 2)
     assert not untouched_preserved(instruct(SCENE, rng, "recolor"), SCENE.__class__("white", SCENE.objects))
+
+
+@pytest.mark.parametrize("family", INSTRUCTION_FAMILIES + HELD_OUT_INSTRUCTION_FAMILIES)
+def test_every_family_words_every_edit_and_keeps_what_it_does(family):
+    for kind in EDIT_KINDS:
+        worded = instruct(SCENE, np.random.default_rng(6), kind, family=family)
+        plain = instruct(SCENE, np.random.default_rng(6), kind, family="imperative")
+        assert worded.family == family and worded.instruction
+        assert (worded.kind, worded.after, worded.touched) == (plain.kind, plain.after, plain.touched)
+
+
+def test_held_out_instruction_families_never_word_a_training_instruction():
+    rng = np.random.default_rng(7)
+    normal = lambda text: text.lower().rstrip(".")  # noqa: E731
+    training = {normal(instruct(shapes.random_scene(rng), rng).instruction) for _ in range(20000)}
+    held_out = [instruct(shapes.random_scene(rng), rng, held_out=True) for _ in range(3000)]
+    assert {e.family for e in held_out} == set(HELD_OUT_INSTRUCTION_FAMILIES)
+    assert not [e.instruction for e in held_out if normal(e.instruction) in training]
+
+
+def test_an_unknown_instruction_family_is_refused():
+    with pytest.raises(ValueError, match="instruction family"):
+        instruct(SCENE, np.random.default_rng(0), "recolor", family="haiku")

@@ -45,6 +45,7 @@ def test_sample_content_matches_its_scene(tmp_path):
             assert prompt["family"] in {*shapes_language.TRAIN_FAMILIES, "unknown"}
         assert [v["match"] for v in meta["verify"]] == [True, False, False]
         assert {q["family"] for q in meta["questions"]} <= set(shapes_tasks.QUESTION_FAMILIES)  # none held out
+        assert meta["edit"]["family"] in shapes_tasks.INSTRUCTION_FAMILIES
         assert scene_split(scene) == "val"
     assert readable >= 38  # renderings vary (JPEG at quality 50, noise) but stay faithful
 

@@ -95,7 +95,8 @@ def sample_meta(scene: shapes.Scene, rng: np.random.Generator) -> tuple[dict, sh
                    {"text": unknown.text, "match": False}],
         "questions": [{"question": q.text, "answer": q.answer, "kind": q.kind, "family": q.family}
                       for q in questions],
-        "edit": {"instruction": edit.instruction, "kind": edit.kind, "after": edit.after.to_dict()},
+        "edit": {"instruction": edit.instruction, "kind": edit.kind, "family": edit.family,
+                 "after": edit.after.to_dict()},
     }, edit
 
 

@@ -4,8 +4,9 @@
 digit, yes/no, a colour, a shape, small/large, a position name, "red circle" or "nothing");
 ``instruct(scene, rng)`` draws an edit (``EDIT_KINDS``), the scene it makes and an instruction
 that says it. Objects are referred to by whatever tells them apart (colour, shape, size,
-position), in the prompt language's words. Questions are worded by families as prompts are; held-out
-families (``HELD_OUT_QUESTION_FAMILIES``) and ``*_held_out`` instruction wordings never appear in training.
+position), in the prompt language's words. Questions and instructions are worded by families, as
+prompts are; the held-out families (``HELD_OUT_QUESTION_FAMILIES``, ``HELD_OUT_INSTRUCTION_FAMILIES``)
+never appear in training.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Edit:
     after: Scene
     kind: str
     touched: str | None  # the position of the object the edit changes (None: the background, or a new object)
+    family: str
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,19 +322,53 @@ _QUESTIONS = {"count": _count, "count shape": _count_shape, "count color": _coun
 
 # ---------------------------------------------------------------------------------------------
 # Edits
+#
+# An edit is chosen first (what changes, and the scene it makes), then worded by a family. Each kind
+# gives imperative sentences ("make the red circle blue"), goals ("let the red circle be blue",
+# "i'd like the red circle blue") and terse forms ("red circle → blue"); training families use the
+# first two, held-out ones the terse forms, imperatives behind wrappers no training instruction
+# has, and (``legacy``) the first held-out wordings verbatim.
+
+INSTRUCTION_FAMILIES = ("imperative", "polite", "goal")
+HELD_OUT_INSTRUCTION_FAMILIES = ("terse", "urging", "legacy")
+_POLITE_EDITS = ("please ", "can you ", "could you ", "would you ", "please, ")
+_URGING = ("i need you to ", "go ahead and ", "kindly ", "you should ", "now ", "i'm asking you to ")
 
 
-def instruct(scene: Scene, rng: np.random.Generator, kind: str | None = None, held_out: bool = False) -> Edit:
-    """An edit of ``kind`` (default: any that applies to ``scene``) with an instruction saying it."""
+@dataclass
+class _Change:
+    """An edit's result and its wordings (lists of alternatives)."""
+
+    after: Scene
+    touched: str | None
+    imperative: list[str]
+    goal: list[str]
+    terse: list[str]
+    legacy: list[str]
+
+
+def instruct(scene: Scene, rng: np.random.Generator, kind: str | None = None, held_out: bool = False,
+             family: str | None = None) -> Edit:
+    """An edit of ``kind`` (default: any that applies to ``scene``) with an instruction saying it,
+    worded by ``family`` (default: any training family, or any held-out one when ``held_out``)."""
     kinds = [k for k in EDIT_KINDS if _applies(k, scene)]
     kind = kind if kind in kinds else _pick(rng, kinds)
+    family = family or _pick(rng, HELD_OUT_INSTRUCTION_FAMILIES if held_out else INSTRUCTION_FAMILIES)
+    if family not in INSTRUCTION_FAMILIES + HELD_OUT_INSTRUCTION_FAMILIES:
+        raise ValueError(f"unknown instruction family {family!r}")
     words = Words(rng)
-    text, after, touched = _EDITS[kind](scene, words, held_out)
+    change = _EDITS[kind](scene, words)
+    text = _pick(rng, {"imperative": change.imperative, "goal": change.goal, "terse": change.terse,
+                       "legacy": change.legacy}.get(family, change.imperative))
+    if family == "polite":
+        text = _pick(rng, _POLITE_EDITS) + text
+    elif family == "urging":
+        text = _pick(rng, _URGING) + text
     if rng.random() < 0.15:
         text = text[:1].upper() + text[1:]
     if rng.random() < 0.2:
         text += "."
-    return Edit(text, scene, after, kind, touched)
+    return Edit(text, scene, change.after, kind, change.touched, family)
 
 
 def _applies(kind: str, scene: Scene) -> bool:
@@ -354,77 +390,103 @@ def _changed(scene: Scene, index: int, **changes) -> Scene:
     return Scene(scene.background, tuple(objects))
 
 
-def _recolor(scene: Scene, words: Words, held_out: bool) -> tuple[str, Scene, str]:
+def _bare(reference: str) -> str:
+    """"the red circle" -> "red circle", for terse instructions."""
+    return reference.removeprefix("the ")
+
+
+def _recolor(scene: Scene, words: Words) -> _Change:
     index, obj, ref = _target(scene, words)
     color = _pick(words.rng, [c for c in COLORS if c != obj.color])
-    word = words.color(color)
-    frames = ("make {} {}", "color {} {}", "recolor {} to {}", "change the color of {} to {}", "paint {} {}",
-              "turn {} {}") if not held_out else ("i want {} to be {} instead", "{} should become {}")
-    return _pick(words.rng, frames).format(ref, word), _changed(scene, index, color=color), obj.position
+    c = words.color(color)
+    return _Change(
+        _changed(scene, index, color=color), obj.position,
+        imperative=[f"make {ref} {c}", f"color {ref} {c}", f"recolor {ref} to {c}", f"change the color of {ref} to {c}",
+                    f"paint {ref} {c}", f"turn {ref} {c}", f"change the colour of {ref} to {c}"],
+        goal=[f"let {ref} be {c}", f"i'd like {ref} {c}", f"i'd like {ref} in {c}", f"{ref} in {c}, please"],
+        terse=[f"{_bare(ref)} → {c}", f"{ref}: {c}", f"{_bare(ref)} to {c}", f"{c} for {ref}"],
+        legacy=[f"i want {ref} to be {c} instead", f"{ref} should become {c}"])
 
 
-def _reshape(scene: Scene, words: Words, held_out: bool) -> tuple[str, Scene, str]:
+def _reshape(scene: Scene, words: Words) -> _Change:
     index, obj, ref = _target(scene, words)
     shape = _pick(words.rng, [s for s in SHAPES if s != obj.shape])
     noun = words.noun(shape)
-    article = "an" if noun[0] in "aeiou" else "a"
-    frames = ("turn {} into {} {}", "change {} to {} {}", "replace {} with {} {}", "make {} {} {}") \
-        if not held_out else ("i want {} to be {} {} instead", "{} should become {} {}")
-    text = _pick(words.rng, frames).format(ref, article, noun)
-    return text, _changed(scene, index, shape=shape), obj.position
+    a = f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
+    return _Change(
+        _changed(scene, index, shape=shape), obj.position,
+        imperative=[f"turn {ref} into {a}", f"change {ref} to {a}", f"replace {ref} with {a}", f"make {ref} {a}"],
+        goal=[f"let {ref} be {a}", f"i'd like {ref} as {a}", f"i'd like {a} instead of {ref}"],
+        terse=[f"{_bare(ref)} → {noun}", f"{ref}: {a}", f"{a} for {ref}", f"{_bare(ref)} to {noun}"],
+        legacy=[f"i want {ref} to be {a} instead", f"{ref} should become {a}"])
 
 
-def _resize(scene: Scene, words: Words, held_out: bool) -> tuple[str, Scene, str]:
+def _resize(scene: Scene, words: Words) -> _Change:
     index, obj, ref = _target(scene, words)
     size = "small" if obj.size == "large" else "large"
-    if held_out:
-        text = _pick(words.rng, ("i want {} to be {} instead", "{} should become {}")).format(ref, words.size(size))
-    elif words.rng.random() < 0.5:
-        verb = _pick(words.rng, ("shrink {}", "make {} smaller") if size == "small" else
-                     ("enlarge {}", "make {} bigger", "make {} larger", "grow {}"))
-        text = verb.format(ref)
-    else:
-        text = _pick(words.rng, ("make {} {}", "resize {} to {}", "change {} to {}")).format(ref, words.size(size))
-    return text, _changed(scene, index, size=size), obj.position
+    word = words.size(size)
+    verbs = ["shrink {}", "make {} smaller"] if size == "small" else ["enlarge {}", "make {} bigger", "make {} larger",
+                                                                      "grow {}"]
+    return _Change(
+        _changed(scene, index, size=size), obj.position,
+        imperative=[v.format(ref) for v in verbs] + [f"make {ref} {word}", f"resize {ref} to {word}",
+                                                     f"change {ref} to {word}"],
+        goal=[f"let {ref} be {word}", f"i'd like {ref} {word}", f"i'd like {ref} to be {word}"],
+        terse=[f"{_bare(ref)} → {word}", f"{ref}: {word}", f"{word} {_bare(ref)}", f"{_bare(ref)} to {word}"],
+        legacy=[f"i want {ref} to be {word} instead", f"{ref} should become {word}"])
 
 
-def _move(scene: Scene, words: Words, held_out: bool) -> tuple[str, Scene, str]:
+def _move(scene: Scene, words: Words) -> _Change:
     index, obj, ref = _target(scene, words)
     free = [p for p in POSITIONS if p not in {o.position for o in scene.objects}]
     position = _pick(words.rng, free)
-    frames = ("move {} {}", "put {} {}", "shift {} {}", "place {} {}", "slide {} over {}") \
-        if not held_out else ("relocate {} so it sits {}", "{} belongs {}")
-    text = _pick(words.rng, frames).format(ref, words.position(position))
-    return text, _changed(scene, index, position=position), obj.position
+    where, bare = words.position(position), words.position(position, bare=True)
+    return _Change(
+        _changed(scene, index, position=position), obj.position,
+        imperative=[f"move {ref} {where}", f"put {ref} {where}", f"shift {ref} {where}", f"place {ref} {where}",
+                    f"slide {ref} over {where}"],
+        goal=[f"let {ref} sit {where}", f"i'd like {ref} {where}", f"{ref} {where}, please"],
+        terse=[f"{_bare(ref)} → {bare}", f"{ref}: {bare}", f"{_bare(ref)} to the {bare}"],
+        legacy=[f"relocate {ref} so it sits {where}", f"{ref} belongs {where}"])
 
 
-def _add(scene: Scene, words: Words, held_out: bool) -> tuple[str, Scene, None]:
+def _add(scene: Scene, words: Words) -> _Change:
     free = [p for p in POSITIONS if p not in {o.position for o in scene.objects}]
     new = ShapeObject(_pick(words.rng, free), _pick(words.rng, list(SIZES)), _pick(words.rng, list(COLORS)),
                       _pick(words.rng, SHAPES))
     phrase = f"{words.size(new.size)} {words.color(new.color)} {words.noun(new.shape)}"
-    article = "an" if phrase[0] in "aeiou" else "a"
-    frames = ("add {} {} {}", "put {} {} {}", "draw {} {} {}", "place {} {} {}", "insert {} {} {}") \
-        if not held_out else ("i want {} {} {} as well", "there should also be {} {} {}")
-    text = _pick(words.rng, frames).format(article, phrase, words.position(new.position))
-    return text, Scene(scene.background, (*scene.objects, new)), None
+    a = f"{'an' if phrase[0] in 'aeiou' else 'a'} {phrase}"
+    where = words.position(new.position)
+    return _Change(
+        Scene(scene.background, (*scene.objects, new)), None,
+        imperative=[f"add {a} {where}", f"put {a} {where}", f"draw {a} {where}", f"place {a} {where}",
+                    f"insert {a} {where}"],
+        goal=[f"let there be {a} {where}", f"i'd like {a} {where} too", f"{a} {where} as well, please"],
+        terse=[f"+ {a} {where}", f"one more: {a} {where}", f"also {a} {where}"],
+        legacy=[f"i want {a} {where} as well", f"there should also be {a} {where}"])
 
 
-def _remove(scene: Scene, words: Words, held_out: bool) -> tuple[str, Scene, str]:
+def _remove(scene: Scene, words: Words) -> _Change:
     index, obj, ref = _target(scene, words)
-    frames = ("remove {}", "delete {}", "take away {}", "get rid of {}", "erase {}") \
-        if not held_out else ("i no longer want {}", "{} should disappear")
     objects = tuple(o for i, o in enumerate(scene.objects) if i != index)
-    return _pick(words.rng, frames).format(ref), Scene(scene.background, objects), obj.position
+    return _Change(
+        Scene(scene.background, objects), obj.position,
+        imperative=[f"remove {ref}", f"delete {ref}", f"take away {ref}", f"get rid of {ref}", f"erase {ref}"],
+        goal=[f"let {ref} go", f"i'd like {ref} gone", f"i'd like it without {ref}"],
+        terse=[f"{_bare(ref)} → gone", f"no {_bare(ref)}", f"without {ref}", f"minus {ref}"],
+        legacy=[f"i no longer want {ref}", f"{ref} should disappear"])
 
 
-def _background_edit(scene: Scene, words: Words, held_out: bool) -> tuple[str, Scene, None]:
+def _background_edit(scene: Scene, words: Words) -> _Change:
     background = _pick(words.rng, [b for b in BACKGROUNDS if b != scene.background])
-    word = _pick(words.rng, BACKGROUND_WORDS[background])
-    frames = ("make the background {}", "change the background to {}", "set the background to {}",
-              "use a {} background", "turn the background {}") \
-        if not held_out else ("i want the backdrop to be {}", "the background should become {}")
-    return _pick(words.rng, frames).format(word), Scene(background, scene.objects), None
+    w = _pick(words.rng, BACKGROUND_WORDS[background])
+    return _Change(
+        Scene(background, scene.objects), None,
+        imperative=[f"make the background {w}", f"change the background to {w}", f"set the background to {w}",
+                    f"use a {w} background", f"turn the background {w}"],
+        goal=[f"let the background be {w}", f"i'd like a {w} background", f"i'd like the background {w}"],
+        terse=[f"background → {w}", f"{w} background", f"background: {w}", f"on {w} instead"],
+        legacy=[f"i want the backdrop to be {w}", f"the background should become {w}"])
 
 
 _EDITS = {"recolor": _recolor, "reshape": _reshape, "resize": _resize, "move": _move, "add": _add,

@@ -357,7 +357,7 @@ class _Run:
             kinds = shapes_tasks.EDIT_KINDS
             edits = [shapes_tasks.instruct(scene, rng, kinds[i % len(kinds)], held_out=held_out)
                      for i, scene in enumerate(self.scenes)]
-            exact, preserved, by_kind = SceneScore(), Rate(), {}
+            exact, preserved, by_kind, by_family = SceneScore(), Rate(), {}, {}
             for start, batch in _batches(edits, self.batch_size):
                 befores = [shapes.render(e.before, self.image_size) for e in batch]
                 afters = self.model.edit(befores, [e.instruction for e in batch],
@@ -367,6 +367,7 @@ class _Run:
                     ok = exact.add(edit.after, seen)
                     preserved.add(shapes_tasks.untouched_preserved(edit, seen), seen is not None)
                     by_kind.setdefault(edit.kind, Rate()).add(ok)
+                    by_family.setdefault(edit.family, Rate()).add(ok)
                     if held_out and len(self.edits) < 12:
                         self.edits.append(Example(before, edit.instruction, after, ok))
                 self.bar.update(len(batch))
@@ -377,6 +378,9 @@ class _Run:
             if held_out:
                 self.breakdown["Editing by kind (held-out wordings, exact target)"] = {
                     kind: by_kind[kind].as_dict() for kind in kinds if kind in by_kind}
+                self.breakdown["Editing by wording family (held out, exact target)"] = {
+                    family: by_family[family].as_dict() for family in shapes_tasks.HELD_OUT_INSTRUCTION_FAMILIES
+                    if family in by_family}
 
 
 # -- pictures ------------------------------------------------------------------------------------
