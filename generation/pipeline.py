@@ -68,6 +68,7 @@ class UniTokPipeline(ImageTasksMixin, DiffusionPipeline):
         default_num_candidates: int = 1,
         default_consensus_weight: float = 0.0,
         default_rewrite_prompts: bool = False,
+        default_judge: str | None = None,
         default_edit_temperature: float = 0.0,
         default_edit_num_candidates: int = 1,
         default_edit_consensus_weight: float = 0.0,
@@ -76,6 +77,7 @@ class UniTokPipeline(ImageTasksMixin, DiffusionPipeline):
         does not say, saved in ``model_index.json`` with the parts: the best settings belong to a
         model (a photo model wants temperature 1, an exact domain such as Shapes draws best near
         greedy). ``default_rewrite_prompts`` only for an LM trained on the rewriting task;
+        ``default_judge`` None judges by the verdict where the LM was trained to verify;
         ``default_edit_*`` are ``edit``'s (greedy unless set)."""
         super().__init__()
         if vocabulary is None:
@@ -87,7 +89,7 @@ class UniTokPipeline(ImageTasksMixin, DiffusionPipeline):
                                 default_top_k=default_top_k, default_top_p=default_top_p,
                                 default_num_candidates=default_num_candidates,
                                 default_consensus_weight=default_consensus_weight,
-                                default_rewrite_prompts=default_rewrite_prompts,
+                                default_rewrite_prompts=default_rewrite_prompts, default_judge=default_judge,
                                 default_edit_temperature=default_edit_temperature,
                                 default_edit_num_candidates=default_edit_num_candidates,
                                 default_edit_consensus_weight=default_edit_consensus_weight)
@@ -178,6 +180,7 @@ class UniTokPipeline(ImageTasksMixin, DiffusionPipeline):
         num_candidates: int | None = None,
         consensus_weight: float | None = None,
         rewrite_prompts: bool | None = None,
+        judge: str | None = None,
     ) -> UniTokPipelineOutput | tuple:
         """Draw ``num_images_per_prompt`` images for each prompt.
 
@@ -200,6 +203,8 @@ class UniTokPipeline(ImageTasksMixin, DiffusionPipeline):
             consensus_weight: weight of the candidates' agreement in that judgement (0: off).
             rewrite_prompts: draw and rerank from the model's restatement of each prompt in its
                 own captioning words (``rewrite_prompts``) instead of the prompt itself.
+            judge: how candidates are judged, "verdict" (the model's yes/no on the prompt) or
+                "caption" (the prompt's likelihood as the candidate's caption; ``generation.rerank``).
 
             A sampling argument left at None takes the model's default (``self.config.default_*``).
 
@@ -219,7 +224,8 @@ class UniTokPipeline(ImageTasksMixin, DiffusionPipeline):
         check_call(prompts, num_images_per_prompt, output_type, batch_size)
         settings = self.sampling_settings(
             guidance_scale=guidance_scale, temperature=temperature, top_k=top_k, top_p=top_p,
-            num_candidates=num_candidates, consensus_weight=consensus_weight, rewrite_prompts=rewrite_prompts)
+            num_candidates=num_candidates, consensus_weight=consensus_weight, rewrite_prompts=rewrite_prompts,
+            judge=judge)
         scales = settings.scales_for(len(prompts))
         for text in prompts:  # refuse a prompt that does not fit before drawing anything
             self.encode_prompt(text)
@@ -242,8 +248,11 @@ class UniTokPipeline(ImageTasksMixin, DiffusionPipeline):
                                        options=settings.options, generator=generators, batch_size=batch_size,
                                        progress=bar.update)
         if candidates > 1:
-            codes = rerank(self.lm, self.vocabulary, codes, judged_ids if self.vocabulary.has("verify") else row_ids,
-                           candidates=candidates, consensus_weight=settings.consensus_weight, batch_size=batch_size)
+            # A verdict judges the prompt as written; a caption's likelihood is judged in the model's own
+            # captioning words, i.e. the rewrite where there is one.
+            codes = rerank(self.lm, self.vocabulary, codes, judged_ids if settings.judge == "verdict" else row_ids,
+                           candidates=candidates, consensus_weight=settings.consensus_weight, batch_size=batch_size,
+                           judge=settings.judge)
         consistency = None
         if self.vocabulary.has("verify"):
             per_image = judged_ids[::candidates]

@@ -1,11 +1,13 @@
 """Self-reranking: of several drawn candidates, keep the one the model itself judges best.
 
-For an LM trained to verify (``[bos] <boi> codes <eoi> prompt <|verify|> <|yes|>|<|no|>``) a
-candidate's score is the log-probability that the model answers yes: does this image show the
-prompt? That reads any phrasing it was taught, partial prompts and relations included, and is the
-per-image consistency score the pipeline reports. An older LM is judged by ``log p(prompt |
-image)``, the captioning sequence ``[bos] <boi> codes <eoi> prompt <eos>`` scored in one
-teacher-forced pass: CLIP reranking (DALL-E) without a second model.
+Two judges (``generation.settings.JUDGES``). The verdict: for an LM trained to verify (``[bos]
+<boi> codes <eoi> prompt <|verify|> <|yes|>|<|no|>``) a candidate's score is the probability that
+the model answers yes: does this image show the prompt? That reads any phrasing it was taught,
+partial prompts and relations included, and is the per-image consistency score the pipeline
+reports, but only once the verdict has been learned. The caption: ``log p(prompt | image)``, the
+captioning sequence ``[bos] <boi> codes <eoi> prompt <eos>`` scored in one teacher-forced pass:
+CLIP reranking (DALL-E) without a second model; it judges well as soon as the model captions well
+(docs/results.md: "Which judge picks the drawing").
 
 Consensus. With a weight ``w`` the score gains ``w * log(candidates the model reads as the same
 caption)``: how many of its own drawings the model reads alike is a second judge, which helps
@@ -27,6 +29,7 @@ from transformers import PreTrainedModel
 
 from generation.decoder import context_length
 from generation.sampler import generate_captions
+from generation.settings import model_judge
 from generation.step_hook import call_step_hook
 from unitok.lm.image_positions import lm_forward
 from unitok.lm.sequences import (
@@ -52,18 +55,20 @@ def rerank(
     consensus_weight: float = 0.0,
     batch_size: int = 64,
     readings: Sequence[Sequence[int]] | None = None,
+    judge: str | None = None,
 ) -> torch.Tensor:
     """The best of each image's candidates: ``[N, h, w]`` codes out of ``[N * K, h, w]``.
 
     Candidate ``j`` of image ``i`` is row ``i * K + j`` of ``codes`` and of ``text_ids`` (the
-    image's prompt, once per candidate). An LM that verifies is judged by ``verification_scores``
-    alone; an older one by likelihood plus, with a consensus weight, its candidates' agreement
-    (``readings``: each candidate's caption ids, when the caller has them).
+    image's prompt, once per candidate). ``judge`` (``generation.settings.JUDGES``; None: the
+    model's own, ``model_judge``): "verdict" scores by ``verification_scores`` alone; "caption" by
+    likelihood plus, with a consensus weight, the candidates' agreement (``readings``: each
+    candidate's caption ids, when the caller has them).
     """
     if codes.shape[0] != len(text_ids) or codes.shape[0] % candidates:
         raise ValueError(f"{codes.shape[0]} candidates and {len(text_ids)} prompts do not make images of "
                          f"{candidates} candidates each")
-    if vocab.has("verify"):
+    if (judge or model_judge(vocab)) == "verdict":
         return best_candidates(codes, verification_scores(model, vocab, codes, text_ids, batch_size=batch_size),
                                candidates)
     scores = prompt_log_likelihood(model, vocab, codes, text_ids, batch_size=batch_size)

@@ -24,7 +24,10 @@ REWRITE_CONFIDENCE = 0.5  # a rewrite is drawn from only if the LM chose each of
 CONSISTENCY_WARNING = 0.5  # an image the model judges less likely than this to show its prompt is flagged
 # The pipeline arguments that have a saved model default, each as ``default_<name>`` in its config.
 SAMPLING_VALUES = ("guidance_scale", "temperature", "top_k", "top_p", "num_candidates", "consensus_weight",
-                   "rewrite_prompts")
+                   "rewrite_prompts", "judge")
+# How reranking picks a candidate (``generation.rerank``): by the model's own yes/no verdict on the
+# prompt (an LM trained to verify), or by the likelihood of the prompt as the candidate's caption.
+JUDGES = ("verdict", "caption")
 
 
 def check_sampling_values(names: Mapping[str, str] | None = None, **values: Any) -> None:
@@ -65,6 +68,9 @@ def check_sampling_values(names: Mapping[str, str] | None = None, **values: Any)
     rewrite = values.get("rewrite_prompts")
     if rewrite is not None and not isinstance(rewrite, bool):
         refuse("rewrite_prompts", "True or False")
+    judge = values.get("judge")
+    if judge is not None and judge not in JUDGES:
+        refuse("judge", f"one of {', '.join(JUDGES)}")
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,7 @@ class DrawSettings:
     num_candidates: int  # drawn per image, the best kept (``generation.rerank``)
     consensus_weight: float  # used only when reranking (num_candidates > 1)
     rewrite_prompts: bool
+    judge: str  # one of JUDGES: how reranking picks a candidate
 
     @classmethod
     def resolve(cls, config: Any, vocabulary: UnifiedVocabulary, **given: Any) -> DrawSettings:
@@ -109,9 +116,13 @@ class DrawSettings:
                             "greedy decoding draws the same candidate every time")
         if values["rewrite_prompts"]:
             check_can_rewrite(vocabulary)
+        judge = values["judge"] or model_judge(vocabulary)
+        if judge == "verdict" and not vocabulary.has("verify"):
+            raise UserError("this model cannot judge its drawings by a verdict: its vocabulary has no <|verify|> "
+                            "token (an LM not trained to verify); use the caption judge")
         guidance = values["guidance_scale"]
         return cls(options, float(guidance) if isinstance(guidance, int | float) else tuple(map(float, guidance)),
-                   values["num_candidates"], float(values["consensus_weight"]), values["rewrite_prompts"])
+                   values["num_candidates"], float(values["consensus_weight"]), values["rewrite_prompts"], judge)
 
     def scales_for(self, num_prompts: int) -> list[float]:
         """One guidance scale per prompt."""
@@ -144,6 +155,11 @@ class EditSettings:
             raise UserError(f"{values['num_candidates']} candidates per edit need sampling (temperature > 0): "
                             "greedy decoding edits the same way every time")
         return cls(SamplingOptions(values["temperature"]), values["num_candidates"], float(values["consensus_weight"]))
+
+
+def model_judge(vocabulary: UnifiedVocabulary) -> str:
+    """The judge of a model saved without one: its verdict where it was trained to verify."""
+    return "verdict" if vocabulary.has("verify") else "caption"
 
 
 def check_can_rewrite(vocabulary: UnifiedVocabulary) -> None:

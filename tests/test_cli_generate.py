@@ -79,13 +79,15 @@ def test_seed_of_a_prompts_file_line_is_seed_plus_line_times_n(capsys, model_dir
 def test_reranking_flags_reach_the_pipeline(capsys, model_dir, tmp_path):
     from generation.pipeline import UniTokPipeline
 
-    written = generate(capsys, model_dir, "a red circle", "--candidates", "3", "--consensus-weight", "2",
-                       "--temperature", "1", "--guidance", "1", "--seed", "5", "--out", str(tmp_path / "r.png"))
     pipe = UniTokPipeline.from_pretrained(model_dir)
     pipe.set_progress_bar_config(disable=True)
-    expected = pipe("a red circle", num_candidates=3, consensus_weight=2.0, temperature=1.0, guidance_scale=1.0,
-                    generator=[torch.Generator().manual_seed(5)]).images[0]
-    np.testing.assert_array_equal(pixels(written[0]), np.asarray(expected))
+    for judge in ("verdict", "caption"):
+        written = generate(capsys, model_dir, "a red circle", "--candidates", "3", "--consensus-weight", "2",
+                           "--temperature", "1", "--guidance", "1", "--seed", "5", "--judge", judge,
+                           "--out", str(tmp_path / f"{judge}.png"))
+        expected = pipe("a red circle", num_candidates=3, consensus_weight=2.0, temperature=1.0, guidance_scale=1.0,
+                        judge=judge, generator=[torch.Generator().manual_seed(5)]).images[0]
+        np.testing.assert_array_equal(pixels(written[0]), np.asarray(expected))
 
 
 def test_rewriting_flag_reaches_the_pipeline_and_the_drawn_prompt_is_reported(capsys, model_dir, tmp_path,

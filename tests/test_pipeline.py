@@ -224,6 +224,36 @@ def test_reranking_keeps_the_candidate_the_model_most_surely_says_shows_its_prom
     assert all(0.0 <= c <= 1.0 for c in result.consistency) and len(result.warnings) == 2
 
 
+def test_the_caption_judge_reranks_a_verifying_model_by_likelihood_and_is_a_saved_default(pipe, older, tmp_path):
+    from generation.rerank import candidate_generators, prompt_log_likelihood, verification_scores
+
+    settings = dict(temperature=1.0, guidance_scale=1.0, output_type="latent")
+    result = pipe(PROMPTS, num_candidates=4, generator=seeded(2), judge="caption", **settings)
+    derived = candidate_generators(seeded(2), rows=2, candidates=4)
+    drawn = pipe([p for p in PROMPTS for _ in range(4)], generator=derived, num_candidates=1, **settings).images
+    text_ids = [pipe.encode_prompt(p) for p in PROMPTS for _ in range(4)]
+    likelihood = prompt_log_likelihood(pipe.lm, pipe.vocabulary, drawn, text_ids).view(2, 4)
+    verdicts = verification_scores(pipe.lm, pipe.vocabulary, drawn, text_ids).view(2, 4)
+    assert (likelihood.argmax(1) != verdicts.argmax(1)).any()  # the two judges pick differently here
+    best = likelihood.argmax(1)
+    assert torch.equal(result.images, drawn.view(2, 4, 4, 4)[torch.arange(2), best])
+    # The image still reports the model's verdict on itself as its consistency.
+    torch.testing.assert_close(torch.tensor(result.consistency), verdicts[torch.arange(2), best])
+
+    save_unified_lm(pipe.lm, pipe.text_tokenizer, pipe.vocabulary, tmp_path / "lm")
+    pipe.image_tokenizer.save_pretrained(tmp_path / "image_tokenizer")
+    UniTokPipeline.from_parts(tmp_path / "lm", tmp_path / "image_tokenizer",
+                              default_judge="caption").save_pretrained(tmp_path / "judged")
+    loaded = UniTokPipeline.from_pretrained(tmp_path / "judged")
+    loaded.set_progress_bar_config(disable=True)
+    assert torch.equal(loaded(PROMPTS, num_candidates=4, generator=seeded(2), **settings).images, result.images)
+    assert pipe.sampling_settings().judge == "verdict" and older.sampling_settings().judge == "caption"
+    with pytest.raises(UserError, match="judge must be one of verdict, caption"):
+        pipe(PROMPTS, judge="vibes")
+    with pytest.raises(UserError, match="no <\\|verify\\|> token"):
+        older(PROMPTS, judge="verdict")
+
+
 def test_reranking_keeps_the_candidate_whose_prompt_is_likeliest_as_its_caption(older):
     pipe = older
     from generation.rerank import candidate_generators, prompt_log_likelihood

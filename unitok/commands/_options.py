@@ -10,6 +10,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
+from generation.settings import JUDGES
 from unitok.default_model import EMBEDDED_TOKENIZERS, resolve_model_dir
 from unitok.errors import UserError
 
@@ -26,6 +27,7 @@ SAMPLING_FLAGS = {
     "num_candidates": "--candidates",
     "consensus_weight": "--consensus-weight",
     "rewrite_prompts": "--rewrite-prompts",
+    "judge": "--judge",
 }
 
 
@@ -89,6 +91,9 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, default: str = "the 
     parser.add_argument("--rewrite-prompts", action=argparse.BooleanOptionalAction, default=None,
                         help="draw from the model's restatement of each prompt in its own captioning words "
                              f"(models trained with rewriting; default: {default})")
+    parser.add_argument("--judge", choices=JUDGES, default=None,
+                        help="how candidates are judged when reranking: the model's yes/no verdict on the prompt "
+                             f"(models trained to verify) or the prompt's likelihood as their caption (default: {default})")
 
 
 def sampling_values(args: argparse.Namespace) -> dict:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from generation.settings import JUDGES
 from unitok.errors import UserError
 
 
@@ -33,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="default weight of the candidates' agreement in reranking (generation.rerank; default 0)")
     parser.add_argument("--rewrite-prompts", action="store_true",
                         help="rewrite prompts before drawing by default (an LM trained with the rewriting task)")
+    parser.add_argument("--judge", choices=JUDGES, default=None,
+                        help="default judge of candidates: the model's yes/no verdict on the prompt or the prompt's "
+                             "likelihood as their caption (default: the verdict where the LM was trained to verify)")
     parser.add_argument("--edit-temperature", type=float, default=0.0,
                         help="default sampling temperature of edits (default 0: greedy)")
     parser.add_argument("--edit-candidates", type=int, default=1,
@@ -53,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
                                          default_temperature=args.temperature, default_top_k=args.top_k,
                                          default_top_p=args.top_p, default_num_candidates=args.candidates,
                                          default_consensus_weight=args.consensus_weight,
-                                         default_rewrite_prompts=args.rewrite_prompts,
+                                         default_rewrite_prompts=args.rewrite_prompts, default_judge=args.judge,
                                          default_edit_temperature=args.edit_temperature,
                                          default_edit_num_candidates=args.edit_candidates,
                                          default_edit_consensus_weight=args.edit_consensus_weight)

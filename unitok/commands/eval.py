@@ -200,6 +200,7 @@ def run_shapes(args: argparse.Namespace) -> int:
                   "temperature": drawing.options.temperature, "top_k": drawing.options.top_k,
                   "top_p": drawing.options.top_p, "candidates": drawing.num_candidates,
                   "consensus_weight": drawing.consensus_weight, "rewrite_prompts": drawing.rewrite_prompts,
+                  "judge": drawing.judge,
                   "edit_temperature": editing.options.temperature, "edit_candidates": editing.num_candidates,
                   "edit_consensus_weight": editing.consensus_weight},
     )
