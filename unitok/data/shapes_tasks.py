@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from unitok.data.shapes import BACKGROUNDS, COLORS, MAX_OBJECTS, POSITIONS, SHAPES, SIZES, Scene, ShapeObject
-from unitok.data.shapes_language import BACKGROUND_WORDS, SHAPE_WORDS, Words, _pick
+from unitok.data.shapes_language import BACKGROUND_WORDS, SHAPE_WORDS, Words, _article, _pick
 
 QUESTION_KINDS = ("count", "count shape", "count color", "color at", "shape at", "size at", "background", "exists",
                   "where", "relation")
@@ -261,7 +261,7 @@ def _exists(scene: Scene, words: Words) -> _Content:
     if words.rng.random() < 0.3:
         size = _pick(words.rng, list(SIZES))
     phrase = " ".join([*([words.size(size)] if size else []), words.color(color), words.noun(shape)])
-    a = f"{'an' if phrase[0] in 'aeiou' else 'a'} {phrase}"
+    a = f"{_article(phrase)} {phrase}"
     found = any(o.color == color and o.shape == shape and size in (None, o.size) for o in scene.objects)
     return _Content(
         direct=[f"is there {a}", f"do you see {a}", f"does the picture have {a}", f"is there any {phrase}",
@@ -390,6 +390,10 @@ def _changed(scene: Scene, index: int, **changes) -> Scene:
     return Scene(scene.background, tuple(objects))
 
 
+def _free_cells(scene: Scene) -> list[str]:
+    return [p for p in POSITIONS if p not in {o.position for o in scene.objects}]
+
+
 def _bare(reference: str) -> str:
     """"the red circle" -> "red circle", for terse instructions."""
     return reference.removeprefix("the ")
@@ -412,7 +416,7 @@ def _reshape(scene: Scene, words: Words) -> _Change:
     index, obj, ref = _target(scene, words)
     shape = _pick(words.rng, [s for s in SHAPES if s != obj.shape])
     noun = words.noun(shape)
-    a = f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
+    a = f"{_article(noun)} {noun}"
     return _Change(
         _changed(scene, index, shape=shape), obj.position,
         imperative=[f"turn {ref} into {a}", f"change {ref} to {a}", f"replace {ref} with {a}", f"make {ref} {a}"],
@@ -438,8 +442,7 @@ def _resize(scene: Scene, words: Words) -> _Change:
 
 def _move(scene: Scene, words: Words) -> _Change:
     index, obj, ref = _target(scene, words)
-    free = [p for p in POSITIONS if p not in {o.position for o in scene.objects}]
-    position = _pick(words.rng, free)
+    position = _pick(words.rng, _free_cells(scene))
     where, bare = words.position(position), words.position(position, bare=True)
     return _Change(
         _changed(scene, index, position=position), obj.position,
@@ -451,11 +454,10 @@ def _move(scene: Scene, words: Words) -> _Change:
 
 
 def _add(scene: Scene, words: Words) -> _Change:
-    free = [p for p in POSITIONS if p not in {o.position for o in scene.objects}]
-    new = ShapeObject(_pick(words.rng, free), _pick(words.rng, list(SIZES)), _pick(words.rng, list(COLORS)),
+    new = ShapeObject(_pick(words.rng, _free_cells(scene)), _pick(words.rng, list(SIZES)), _pick(words.rng, list(COLORS)),
                       _pick(words.rng, SHAPES))
     phrase = f"{words.size(new.size)} {words.color(new.color)} {words.noun(new.shape)}"
-    a = f"{'an' if phrase[0] in 'aeiou' else 'a'} {phrase}"
+    a = f"{_article(phrase)} {phrase}"
     where = words.position(new.position)
     return _Change(
         Scene(scene.background, (*scene.objects, new)), None,
