@@ -1,6 +1,7 @@
 """A fast decoding path for plain ``LlamaForCausalLM`` LMs (the default model): the inference
 forward restated as straight-line tensor code over the model's own weights, with a preallocated
-KV cache, one sliced attention bias and a restricted head (``docs/sampling.md`` says why). Every
+KV cache, one sliced attention bias, a restricted head and, in bf16 on a CPU with bf16 units,
+weights packed for oneDNN (``generation.packed_linear``; ``docs/sampling.md`` says why). Every
 other model takes ``generation.decoder.CachedDecoder``; tests check both give the same logits.
 """
 
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from transformers import LlamaForCausalLM, PreTrainedModel
 
+from generation import packed_linear
 from generation.decoder import check_context
 from unitok.lm.image_positions import DecodingSlots
 from unitok.lm.sequences import Prompt
@@ -59,8 +61,16 @@ class LlamaDecoder:
         self.eps = config.rms_norm_eps
         self.scale = self.head_dim ** -0.5
         head = model.lm_head
-        self.head_weight = head.weight[id_range.start : id_range.stop]
-        self.head_bias = None if head.bias is None else head.bias[id_range.start : id_range.stop]
+        # Each weight's product, from weights packed for oneDNN where bf16 runs on bf16 units.
+        packed = packed_linear.wants_packing(head.weight)
+        self.products = [
+            {name: packed_linear.product(module.weight, module.bias, packed)
+             for block, names in PROJECTIONS.items() for name in names
+             for module in [getattr(getattr(layer, block), name)]}
+            for layer in self.layers]
+        self.head = packed_linear.product(
+            head.weight[id_range.start : id_range.stop],
+            None if head.bias is None else head.bias[id_range.start : id_range.stop], packed)
 
         self.input_ids = prompt.input_ids.to(device)
         self.slots = DecodingSlots(model, vocab, self.input_ids)
@@ -68,18 +78,23 @@ class LlamaDecoder:
         check_context(model, prompt, max_new_tokens)
         self.capacity = prompt_length + max_new_tokens
         shape = (rows, self.kv_heads, self.capacity, self.head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
+        # On a CPU attention runs in fp32 whatever the weights' dtype (the cache too): PyTorch's CPU
+        # kernels attend from one query row over a bf16 cache 2-5x slower than over an fp32 one,
+        # explicit products included (docs/results.md, "bf16 sampling").
+        self.attention_dtype = torch.float32 if device.type == "cpu" else dtype
+        self.keys = [torch.zeros(shape, dtype=self.attention_dtype, device=device) for _ in self.layers]
+        self.values = [torch.zeros(shape, dtype=self.attention_dtype, device=device) for _ in self.layers]
         # Additive attention bias over the cache columns (-inf on padding): measured faster than a
         # boolean mask in PyTorch's CPU attention kernel.
-        self.bias = torch.zeros(rows, self.capacity, dtype=dtype, device=device)
+        self.bias = torch.zeros(rows, self.capacity, dtype=self.attention_dtype, device=device)
         self.bias[:, :prompt_length].masked_fill_(prompt.attention_mask.to(device) == 0, -torch.inf)
         self.prompt_position_ids = prompt.position_ids.to(device)
         self.next_position = self.prompt_position_ids[:, -1:] + 1
         self.length = 0
         # A row's positions count from its first real token, so none reaches the capacity.
         every_position = torch.arange(self.capacity, device=device).unsqueeze(0)
-        cos, sin = model.model.rotary_emb(self.bias, every_position)
+        # In the model's dtype, as transformers rotates.
+        cos, sin = model.model.rotary_emb(self.bias.to(dtype), every_position)
         self.cos, self.sin = cos[0], sin[0]
 
     @torch.inference_mode()
@@ -128,37 +143,31 @@ class LlamaDecoder:
         stop = start + n
         x = self.slots.embed(ids, slots)
         cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # broadcast over heads
-        for i, layer in enumerate(self.layers):
-            attention, mlp = layer.self_attn, layer.mlp
+        for i, (layer, product) in enumerate(zip(self.layers, self.products, strict=True)):
             h = self._norm(x, layer.input_layernorm.weight)
-            q = rearrange(_linear(h, attention.q_proj), "b n (h d) -> b h n d", d=self.head_dim)
-            k = rearrange(_linear(h, attention.k_proj), "b n (h d) -> b h n d", d=self.head_dim)
+            q = rearrange(product["q_proj"](h), "b n (h d) -> b h n d", d=self.head_dim)
+            k = rearrange(product["k_proj"](h), "b n (h d) -> b h n d", d=self.head_dim)
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-            v = rearrange(_linear(h, attention.v_proj), "b n (h d) -> b h n d", d=self.head_dim)
+            v = rearrange(product["v_proj"](h), "b n (h d) -> b h n d", d=self.head_dim)
+            q, k, v = q.to(self.attention_dtype), k.to(self.attention_dtype), v.to(self.attention_dtype)
             self.keys[i][rows, :, start:stop], self.values[i][rows, :, start:stop] = k, v
             if start:  # a step attends to the whole cache so far, the prefill to its own keys only
                 k, v = self.keys[i][:, :, :stop], self.values[i][:, :, :stop]
             attended = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, scale=self.scale,
-                enable_gqa=self.kv_heads != self.heads,
-            )
-            x = x + _linear(rearrange(attended, "b h n d -> b n (h d)"), attention.o_proj)
+                q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=self.kv_heads != self.heads,
+            ).to(x.dtype)
+            x = x + product["o_proj"](rearrange(attended, "b h n d -> b n (h d)"))
             h = self._norm(x, layer.post_attention_layernorm.weight)
-            x = x + _linear(F.silu(_linear(h, mlp.gate_proj)) * _linear(h, mlp.up_proj), mlp.down_proj)
+            x = x + product["down_proj"](F.silu(product["gate_proj"](h)) * product["up_proj"](h))
         self.length = stop
         last = body.norm(x[:, -1])
-        return F.linear(last, self.head_weight, self.head_bias)
+        return self.head(last)
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32:  # one fused op; the same products as below
             return F.rms_norm(x, (x.shape[-1],), weight, eps=self.eps)
         # LlamaRMSNorm: normalise in fp32, scale in the model dtype.
         return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
-
-
-def _linear(x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
-    # The weights of the module, without the module call (hooks, dispatch) around them.
-    return F.linear(x, layer.weight, layer.bias)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

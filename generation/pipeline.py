@@ -150,15 +150,15 @@ class UniTokPipeline(ImageTasksMixin, DiffusionPipeline):
     def configure_runtime(self, device: str | torch.device | None = None,
                           dtype: torch.dtype | str | None = None) -> str:
         """Move to ``device`` (default: CUDA when available) with the LM in ``dtype`` (a dtype or its
-        name; ``"auto"``: the fastest this hardware computes in; default: fp32 on CPU, bf16 or fp16
-        on CUDA) and pick the decoder's attention; returns and logs the line that says how it runs
-        (``generation.runtime``)."""
+        name; default or ``"auto"``: the fastest this hardware computes in, i.e. bf16 on CPUs with
+        bf16 units and on GPUs, fp16 on GPUs without bf16, else fp32) and pick the decoder's
+        attention; returns and logs the line that says how it runs and why (``generation.runtime``)."""
         device = runtime.resolve_device(device)
-        dtype = runtime.lm_dtype_for(device, dtype)
+        asked, dtype = dtype, runtime.lm_dtype_for(device, dtype)
         self.to(device)  # no dtype here: diffusers warns on every dtype cast of the image tokenizer
         self.lm.to(dtype)
         line = runtime.describe(device, dtype, self.lm, self.image_tokenizer,
-                                runtime.enable_decoder_attention(self, device))
+                                runtime.enable_decoder_attention(self, device), runtime.dtype_reason(device, asked))
         logger.info(line)
         return line
 

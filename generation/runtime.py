@@ -1,9 +1,10 @@
 """Where a pipeline runs and in what precision: the device, the LM's dtype, the decoder's attention.
 
-Usability first (diffusers' rule): the CPU runs in fp32 unless asked otherwise (``"auto"`` asks for
-bf16 where the CPU has bf16 units, ``unitok.precision``); a CUDA GPU runs the LM in bf16, or fp16
-where the GPU has no bf16. The image tokenizer stays in fp32 everywhere (its quantizer computes in
-fp32).
+Unless asked otherwise the LM runs in the fastest precision the hardware computes in
+(``unitok.precision``): bf16 on a CPU with bf16 units (AMX, AVX-512 bf16), where bf16 sampling is
+~2x fp32 and draws and captions as well (docs/results.md, "bf16 sampling"), fp32 on any other CPU
+(bf16 would be emulated, many times slower), bf16 on a CUDA GPU, fp16 on one without bf16. The
+image tokenizer stays in fp32 everywhere (its quantizer computes in fp32).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from diffusers.models.attention_processor import Attention
 from diffusers.utils import is_xformers_available
 
 from unitok.errors import UserError
-from unitok.precision import fast_dtype
+from unitok.precision import cpu_has_fast_bf16, fast_dtype
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -37,14 +38,12 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
 
 
 def lm_dtype_for(device: torch.device, asked: torch.dtype | str | None = None) -> torch.dtype:
-    """The LM's dtype on ``device``: ``asked`` (a dtype, its name, or "auto": the fastest the
-    hardware computes in), or by default fp32 on a CPU and bf16 (fp16 without bf16) on CUDA."""
+    """The LM's dtype on ``device``: ``asked`` (a dtype or its name), or by default ("auto" or
+    None) the fastest the hardware computes in."""
     if isinstance(asked, torch.dtype):
         return asked
-    if asked == "auto" or (asked is None and device.type == "cuda"):
+    if asked in ("auto", None):
         return fast_dtype(device.type)
-    if asked is None:
-        return torch.float32
     if asked not in DTYPES:
         raise UserError(f"unknown dtype {asked!r}: use auto, {', '.join(DTYPES)}")
     return DTYPES[asked]
@@ -62,10 +61,21 @@ def enable_decoder_attention(pipeline: DiffusionPipeline, device: torch.device) 
     return "sdpa"
 
 
+def dtype_reason(device: torch.device, asked: torch.dtype | str | None) -> str:
+    """Why the LM runs in the dtype ``lm_dtype_for(device, asked)`` gives, for the log line."""
+    if asked not in (None, "auto"):
+        return "as asked"
+    if device.type == "cuda":
+        return "the fastest this GPU computes in"
+    return ("this CPU has bf16 units" if cpu_has_fast_bf16() else
+            "this CPU has no bf16 units") + "; dtype float32 or bfloat16 to choose"
+
+
 def describe(device: torch.device, dtype: torch.dtype, lm: torch.nn.Module, decoder: torch.nn.Module,
-             decoder_attention: str) -> str:
-    """The one line that says how a pipeline runs."""
+             decoder_attention: str, reason: str = "") -> str:
+    """The one line that says how a pipeline runs (``reason``: why in that dtype)."""
     layers = sum(isinstance(m, Attention) for m in decoder.modules())
     lm_attention = getattr(lm.config, "_attn_implementation", None) or "default"
-    return (f"UniTok on {device} in {str(dtype).removeprefix('torch.')}: LM attention {lm_attention}, "
+    because = f" ({reason})" if reason else ""
+    return (f"UniTok on {device} in {str(dtype).removeprefix('torch.')}{because}: LM attention {lm_attention}, "
             f"image decoder attention {decoder_attention} ({layers} attention layers)")

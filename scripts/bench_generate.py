@@ -23,6 +23,7 @@ start, imports, model load, sampling, decoding, PNG write), next to the bare imp
 
     python scripts/bench_generate.py                          # random model of the default's size
     python scripts/bench_generate.py --lm-size medium         # Llama 12x512, 16x16 codes, 1,024-code VQ
+    python scripts/bench_generate.py --lm-size medium --dtype float32 bfloat16  # both dtypes, one run
     python scripts/bench_generate.py --lm-size 0.5b-shape --dtype bfloat16   # Qwen2.5-0.5B's layers (GPUs)
     python scripts/bench_generate.py --model DIR              # a saved UniTokPipeline folder
 """
@@ -30,6 +31,7 @@ start, imports, model load, sampling, decoding, PNG write), next to the bare imp
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import subprocess
 import sys
@@ -40,6 +42,7 @@ from pathlib import Path
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from generation import packed_linear
 from generation.pipeline import UniTokPipeline
 from generation.random_model import random_pipeline, shapes_prompts
 from generation.runtime import DTYPES
@@ -105,20 +108,25 @@ def timed(fn, *args) -> tuple[float, torch.Tensor]:
     return time.perf_counter() - start, result
 
 
-def bench_batch(pipe: UniTokPipeline, prompts: list[str], batch: int, repeats: int) -> dict:
-    text_ids = [encode_text(pipe.text_tokenizer, p) for p in prompts[:batch]]
-    tokens = batch * pipe.vocabulary.tokens_per_image
-    ours(pipe, text_ids, 0), transformers_generate(pipe, text_ids, 0)  # warm-up, both sides
-    times = {"ours": [], "transformers": []}
+def bench_batch(pipes: dict[str, UniTokPipeline], prompts: list[str], batch: int, repeats: int) -> dict[str, dict]:
+    """Median seconds of both sides for each dtype's pipeline, all timings interleaved."""
+    first = next(iter(pipes.values()))
+    text_ids = [encode_text(first.text_tokenizer, p) for p in prompts[:batch]]
+    tokens = batch * first.vocabulary.tokens_per_image
+    for pipe in pipes.values():
+        ours(pipe, text_ids, 0), transformers_generate(pipe, text_ids, 0)  # warm-up, both sides
+    times = {dtype: {"ours": [], "transformers": []} for dtype in pipes}
     for r in range(repeats):
-        seconds, codes = timed(ours, pipe, text_ids, r)
-        assert codes.numel() == tokens
-        times["ours"].append(seconds)
-        seconds, ids = timed(transformers_generate, pipe, text_ids, r)
-        assert ids.shape == (batch, pipe.vocabulary.tokens_per_image)
-        assert bool(((ids >= pipe.vocabulary.image_offset) & (ids < pipe.vocabulary.size)).all())
-        times["transformers"].append(seconds)
-    return {side: statistics.median(ts) for side, ts in times.items()} | {"tokens": tokens, "batch": batch}
+        for dtype, pipe in pipes.items():
+            seconds, codes = timed(ours, pipe, text_ids, r)
+            assert codes.numel() == tokens
+            times[dtype]["ours"].append(seconds)
+            seconds, ids = timed(transformers_generate, pipe, text_ids, r)
+            assert ids.shape == (batch, pipe.vocabulary.tokens_per_image)
+            assert bool(((ids >= pipe.vocabulary.image_offset) & (ids < pipe.vocabulary.size)).all())
+            times[dtype]["transformers"].append(seconds)
+    return {dtype: {side: statistics.median(ts) for side, ts in sides.items()} | {"tokens": tokens, "batch": batch}
+            for dtype, sides in times.items()}
 
 
 def matmul_rate(dtype: torch.dtype, device: torch.device, size: int = 2048, repeats: int = 10) -> float:
@@ -149,22 +157,23 @@ def memory_bandwidth(device: torch.device, megabytes: int = 512, repeats: int = 
 
 def weight_products_seconds(pipe: UniTokPipeline, rows: int, repeats: int = 5) -> float:
     """Seconds of one decoding step's matrix products alone: ``F.linear`` of ``rows`` inputs by
-    every weight matrix of the blocks and the image-code rows of the head, the model's own weights,
-    nothing around them. Why: at the decoding shapes (a few rows against each weight) these run far
+    every weight matrix of the blocks and the image-code rows of the head, the model's own weights
+    (packed as the decoder packs them: ``generation.packed_linear``), nothing around them. Why: at the decoding shapes (a few rows against each weight) these run far
     below the square-matrix rate, and no loop, ours or transformers', can step faster than them."""
     lm, vocab = pipe.lm, pipe.vocabulary
     weights = [p for name, p in lm.named_parameters() if ".layers." in name and p.dim() == 2]
     weights.append(lm.get_output_embeddings().weight[vocab.image_offset:vocab.size])
     inputs = {w.shape[1]: torch.randn(rows, w.shape[1], dtype=w.dtype, device=w.device) for w in weights}
+    products = [(packed_linear.product(w, None, packed_linear.wants_packing(w)), inputs[w.shape[1]]) for w in weights]
     with torch.inference_mode():
-        for w in weights:
-            torch.nn.functional.linear(inputs[w.shape[1]], w)
-        _synchronize(w.device)
+        for product, x in products:
+            product(x)
+        _synchronize(lm.device)
         start = time.perf_counter()
         for _ in range(repeats):
-            for w in weights:
-                torch.nn.functional.linear(inputs[w.shape[1]], w)
-        _synchronize(w.device)
+            for product, x in products:
+                product(x)
+        _synchronize(lm.device)
     return (time.perf_counter() - start) / repeats
 
 
@@ -203,7 +212,9 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="a UniTokPipeline folder (default: a random model of --lm-size)")
     parser.add_argument("--lm-size", choices=sorted(LM_SIZES), default="default",
                         help="size of the random pipeline when no --model is given")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="the LM's dtype, both sides")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), nargs="+", default=["float32"],
+                        help="the LM's dtype, both sides; several: each timed in turn in one run, and our rate in "
+                             "each compared with the first's")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, ...")
     parser.add_argument("--no-cold", action="store_true", help="skip timing `unitok generate` from a cold process")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
@@ -222,34 +233,44 @@ def main() -> None:
             pipe = random_pipeline(lm_config, tokenizer_config, image_positions=True)
             model_dir = Path(tmp) / "random-pipeline"
             pipe.save_pretrained(model_dir)
-        device, dtype = torch.device(args.device), DTYPES[args.dtype]
+        device = torch.device(args.device)
         pipe.to(device)
-        pipe.lm.to(dtype)
         pipe.set_progress_bar_config(disable=True)
+        pipes = {name: copy.deepcopy(pipe) for name in args.dtype}
+        for name, copied in pipes.items():
+            copied.lm.to(DTYPES[name])
         lm_params = sum(p.numel() for p in pipe.lm.parameters()) / 1e6
         vocab = pipe.vocabulary
-        print(f"LM: {type(pipe.lm).__name__} {lm_params:.1f}M params in {args.dtype} on {device}, vocabulary "
+        print(f"LM: {type(pipe.lm).__name__} {lm_params:.1f}M params in {', '.join(args.dtype)} on {device}, vocabulary "
               f"{vocab.size} ids ({vocab.codebook_size} image codes), {vocab.tokens_per_image} codes per image; "
               f"{'trained ' + str(model_dir) if args.model else 'random weights, ' + args.lm_size}; "
               f"torch threads {torch.get_num_threads()}; guidance {GUIDANCE}; median of {args.repeats}")
-        rate, bandwidth = matmul_rate(dtype, device), memory_bandwidth(device)
-        weight_bytes = sum(p.numel() * p.element_size() for p in pipe.lm.parameters())
-        print(f"machine: matmul 2048^2 in {args.dtype} {rate / 1e9:.0f} GFLOP/s, copy bandwidth "
-              f"{bandwidth / 1e9:.1f} GB/s; weights {weight_bytes / 1e6:.1f} MB, streamed once per step at least "
-              f"{1e3 * weight_bytes / bandwidth:.2f} ms")
+        bandwidth, rates = memory_bandwidth(device), {name: matmul_rate(DTYPES[name], device) for name in args.dtype}
+        for name, copied in pipes.items():
+            weight_bytes = sum(p.numel() * p.element_size() for p in copied.lm.parameters())
+            print(f"machine: matmul 2048^2 in {name} {rates[name] / 1e9:.0f} GFLOP/s, copy bandwidth "
+                  f"{bandwidth / 1e9:.1f} GB/s; weights in {name} {weight_bytes / 1e6:.1f} MB, streamed once per "
+                  f"step at least {1e3 * weight_bytes / bandwidth:.2f} ms")
         prompts = shapes_prompts(max(args.batch_sizes))
         prompt_length = round(statistics.mean(len(encode_text(pipe.text_tokenizer, p)) for p in prompts)) + 2
-        print(f"{'batch':>5} | {'ours tok/s':>10} {'s/image':>8} {'MFU':>6} | {'HF tok/s':>10} {'s/image':>8} "
-              f"{'MFU':>6} | ours/HF | products alone: ms/step  tok/s ceiling  /HF")
+        print(f"{'batch':>5} {'dtype':>8} | {'ours tok/s':>10} {'s/image':>8} {'MFU':>6} | {'HF tok/s':>10} "
+              f"{'s/image':>8} {'MFU':>6} | ours/HF | products alone: ms/step  tok/s ceiling  /HF")
+        ours_rates = {}
         for batch in args.batch_sizes:
-            r = bench_batch(pipe, prompts, batch, args.repeats)
-            ours_tps, hf_tps = r["tokens"] / r["ours"], r["tokens"] / r["transformers"]
-            flops = batch * flops_per_image(pipe, prompt_length, rows_per_image=2)  # conditional + unconditional
-            products = weight_products_seconds(pipe, rows=2 * batch)
-            print(f"{batch:>5} | {ours_tps:>10.0f} {r['ours'] / batch:>8.3f} {flops / r['ours'] / rate:>6.1%} | "
-                  f"{hf_tps:>10.0f} {r['transformers'] / batch:>8.3f} {flops / r['transformers'] / rate:>6.1%} | "
-                  f"{ours_tps / hf_tps:.2f}x  | {1e3 * products:>23.2f} {batch / products:>13.0f} "
-                  f"{batch / products / hf_tps:>4.2f}x", flush=True)
+            for name, r in bench_batch(pipes, prompts, batch, args.repeats).items():
+                rate, copied = rates[name], pipes[name]
+                ours_tps, hf_tps = r["tokens"] / r["ours"], r["tokens"] / r["transformers"]
+                ours_rates[batch, name] = ours_tps
+                flops = batch * flops_per_image(copied, prompt_length, rows_per_image=2)  # conditional + unconditional
+                products = weight_products_seconds(copied, rows=2 * batch)
+                print(f"{batch:>5} {name:>8} | {ours_tps:>10.0f} {r['ours'] / batch:>8.3f} "
+                      f"{flops / r['ours'] / rate:>6.1%} | {hf_tps:>10.0f} {r['transformers'] / batch:>8.3f} "
+                      f"{flops / r['transformers'] / rate:>6.1%} | {ours_tps / hf_tps:.2f}x  | "
+                      f"{1e3 * products:>23.2f} {batch / products:>13.0f} {batch / products / hf_tps:>4.2f}x", flush=True)
+        for name in args.dtype[1:]:
+            print(f"ours in {name} / ours in {args.dtype[0]}: " + ", ".join(
+                f"{ours_rates[batch, name] / ours_rates[batch, args.dtype[0]]:.2f}x at batch {batch}"
+                for batch in args.batch_sizes))
         if not args.no_cold:
             total, imports = cold_generate(model_dir, Path(tmp), args.threads)
             print(f"unitok generate, one image, cold process: {total:.2f} s (of which importing torch, "

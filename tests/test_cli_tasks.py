@@ -17,15 +17,20 @@ from unitok.data import shapes
 
 
 @pytest.fixture(scope="module")
-def pipeline():
-    return tiny_pipeline(initializer_range=0.3)
+def model_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    tiny_pipeline(initializer_range=0.3).save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, pipeline) -> Path:
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    pipeline.save_pretrained(folder)
-    return folder
+def pipeline(model_dir):
+    """The saved model loaded and run as the CLI runs it (bf16 on a CPU with bf16 units, else fp32)."""
+    from generation.pipeline import UniTokPipeline
+
+    loaded = UniTokPipeline.from_pretrained(model_dir)
+    loaded.configure_runtime("cpu")
+    return loaded
 
 
 @pytest.fixture(scope="module")

@@ -211,3 +211,45 @@ def _copy(model):
     clone = type(model)(model.config).eval()
     clone.load_state_dict(model.state_dict())
     return clone
+
+
+@pytest.fixture(params=[False, True], ids=["bf16", "bf16-packed"])
+def bf16_llama(request, llama, monkeypatch):
+    """The tiny Llama in bf16, its products from packed weights or not (as on a CPU with or
+    without bf16 units)."""
+    from generation import packed_linear
+    if request.param and (packed_linear._packing_ops() is None or not torch.backends.mkldnn.is_available()):
+        pytest.skip("this PyTorch has no oneDNN packing ops")
+    monkeypatch.setattr(packed_linear, "cpu_has_fast_bf16", lambda: request.param)
+    model, vocab = llama
+    return _copy(model).to(torch.bfloat16), vocab
+
+
+def test_fast_llama_path_in_bf16_follows_transformers_and_fp32(bf16_llama, llama, prompts):
+    """In bf16 the fast path attends in fp32 on a CPU (``LlamaDecoder``): its logits stay as close
+    to the fp32 model's as transformers' own bf16 forward is."""
+    model, vocab = bf16_llama
+    prompt = stack_prompts(text_to_image_prompt(prompts, vocab), unconditional_prompt(3, vocab), pad_id=vocab.pad_id)
+    every_id = range(vocab.size)
+    fast, generic = LlamaDecoder(model, vocab, prompt, every_id, 8), CachedDecoder(model, vocab, prompt, every_id, 8)
+    exact = LlamaDecoder(llama[0], vocab, prompt, every_id, 8)
+    with torch.inference_mode():
+        pairs = [(fast.prefill(), generic.prefill(), exact.prefill())]
+        fed = torch.randint(vocab.image_offset, vocab.size, (5, 6), generator=torch.Generator().manual_seed(0))
+        pairs += [(fast.step(ids), generic.step(ids), exact.step(ids)) for ids in fed]
+    for ours, theirs, fp32 in pairs:
+        assert ours.dtype == torch.bfloat16
+        ours_error, their_error = (ours.float() - fp32).abs().max(), (theirs.float() - fp32).abs().max()
+        assert ours_error <= 1.5 * their_error + 1e-3, (ours_error, their_error)
+        torch.testing.assert_close(ours.float(), theirs.float(), atol=0.1, rtol=0.05)
+
+
+def test_bf16_sampling_is_seeded_and_batch_independent(bf16_llama, prompts):
+    model, vocab = bf16_llama
+    options = SamplingOptions(temperature=1.0)
+    batched = sample_image_codes(model, vocab, prompts, guidance_scale=3.0, options=options, generator=seeded(4, 5, 6))
+    again = sample_image_codes(model, vocab, prompts, guidance_scale=3.0, options=options, generator=seeded(4, 5, 6))
+    alone = torch.cat([sample_image_codes(model, vocab, [p], guidance_scale=3.0, options=options, generator=seeded(s))
+                       for p, s in zip(prompts, (4, 5, 6), strict=True)])
+    assert torch.equal(batched, again) and torch.equal(batched, alone)
+    assert int(batched.min()) >= 0 and int(batched.max()) < CODEBOOK

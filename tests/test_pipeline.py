@@ -170,10 +170,14 @@ def test_half_precision_folder_loads_in_fp32_and_half_runs_with_an_fp32_image_to
     assert len(loaded.caption(images, max_new_tokens=4)) == 2
 
 
-def test_configure_runtime_says_what_it_chose(pipe):
+def test_configure_runtime_says_what_it_chose_and_why(pipe, monkeypatch):
+    monkeypatch.setattr("unitok.precision.cpu_flags", lambda: frozenset({"avx2"}))
     line = pipe.configure_runtime("cpu")
-    assert "cpu" in line and "float32" in line and "sdpa" in line
+    assert "cpu" in line and "float32 (this CPU has no bf16 units" in line and "sdpa" in line
     assert pipe.lm.dtype == torch.float32
+    monkeypatch.setattr("unitok.precision.cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    assert "bfloat16 (this CPU has bf16 units" in pipe.configure_runtime("cpu") and pipe.lm.dtype == torch.bfloat16
+    assert "float32 (as asked)" in pipe.configure_runtime("cpu", "float32") and pipe.lm.dtype == torch.float32
 
 
 def test_bad_requests_are_user_errors(pipe):

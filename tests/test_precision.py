@@ -55,16 +55,19 @@ def test_a_config_without_precision_gets_the_hardwares(monkeypatch, tmp_path):
     assert named.trainer.precision == "bf16-mixed"  # a config or flag that names one keeps it
 
 
-def test_the_lms_sampling_dtype_is_fp32_on_a_cpu_unless_asked(monkeypatch):
-    from generation.runtime import lm_dtype_for
+def test_the_lms_sampling_dtype_follows_the_cpu_unless_asked(monkeypatch):
+    from generation.runtime import dtype_reason, lm_dtype_for
     from unitok.errors import UserError
 
     cpu = torch.device("cpu")
-    assert lm_dtype_for(cpu) == torch.float32
-    assert lm_dtype_for(cpu, "bfloat16") == lm_dtype_for(cpu, torch.bfloat16) == torch.bfloat16
-    monkeypatch.setattr("unitok.precision.cpu_flags", lambda: AMX)
-    assert lm_dtype_for(cpu) == torch.float32 and lm_dtype_for(cpu, "auto") == torch.bfloat16
+    for flags in (AMX, AVX512_BF16):
+        monkeypatch.setattr("unitok.precision.cpu_flags", lambda flags=flags: flags)
+        assert lm_dtype_for(cpu) == lm_dtype_for(cpu, "auto") == torch.bfloat16
+        assert lm_dtype_for(cpu, "float32") == torch.float32
+        assert "has bf16 units" in dtype_reason(cpu, None) and dtype_reason(cpu, "float32") == "as asked"
     monkeypatch.setattr("unitok.precision.cpu_flags", lambda: AVX2_ONLY)
-    assert lm_dtype_for(cpu, "auto") == torch.float32
+    assert lm_dtype_for(cpu) == lm_dtype_for(cpu, "auto") == torch.float32
+    assert "no bf16 units" in dtype_reason(cpu, "auto")
+    assert lm_dtype_for(cpu, "bfloat16") == lm_dtype_for(cpu, torch.bfloat16) == torch.bfloat16
     with pytest.raises(UserError, match="unknown dtype"):
         lm_dtype_for(cpu, "fp8")

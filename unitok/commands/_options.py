@@ -37,9 +37,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None,
                         help="cpu, cuda, cuda:1... (default: cuda when available, else cpu)")
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
-                        help="the LM's precision: auto = the fastest this hardware computes in (bf16 on GPUs and on "
-                             "CPUs with bf16 units, fp16 on GPUs without bf16, else fp32); default: fp32 on a CPU, "
-                             "bf16 (or fp16) on a GPU")
+                        help="the LM's precision (default auto: the fastest this hardware computes in, i.e. bf16 on "
+                             "GPUs and on CPUs with bf16 units, fp16 on GPUs without bf16, else fp32)")
     add_threads_argument(parser)
 
 
