@@ -22,9 +22,9 @@ Generators = torch.Generator | Sequence[torch.Generator] | None
 class UniTokPipelineOutput(ImagePipelineOutput):
     """diffusers' image output, plus for drawing: ``drawn_prompts`` (per prompt, the text its
     images were drawn from: the prompt itself, or the LM's rewrite of it; OpenAI's images API calls
-    it revised_prompt), ``consistency`` (per image, the model's own probability that it shows its
-    prompt; None for an LM that cannot verify) and ``warnings`` (per prompt: what the model says
-    it cannot draw, and images that do not match their prompt)."""
+    it revised_prompt), ``consistency`` (per image, the model's own 0-1 score of it against its
+    prompt, by the judge that picked it: ``generation.rerank``; None for edits) and ``warnings``
+    (per prompt: what the model says it cannot draw, and images that do not match their prompt)."""
 
     drawn_prompts: list[str] | None = None
     consistency: list[float] | None = None

@@ -25,10 +25,11 @@ from generation import runtime
 from generation.decoder import context_length
 from generation.image_tasks import ImageTasksMixin
 from generation.outputs import Generators, UniTokPipelineOutput, check_call, per_row
-from generation.rerank import candidate_generators, rerank, verification_scores
+from generation.rerank import candidate_generators, caption_consistency, rerank, verification_scores
 from generation.rewriting import PromptRewrite, drawing_warnings, restate
 from generation.sampler import sample_image_codes
 from generation.settings import (
+    CONSISTENCY_WARNING,
     DEFAULT_GUIDANCE_SCALE,
     REWRITE_CONFIDENCE,
     DrawSettings,
@@ -253,12 +254,15 @@ class UniTokPipeline(ImageTasksMixin, DiffusionPipeline):
             codes = rerank(self.lm, self.vocabulary, codes, judged_ids if settings.judge == "verdict" else row_ids,
                            candidates=candidates, consensus_weight=settings.consensus_weight, batch_size=batch_size,
                            judge=settings.judge)
-        consistency = None
-        if self.vocabulary.has("verify"):
-            per_image = judged_ids[::candidates]
-            consistency = verification_scores(self.lm, self.vocabulary, codes, per_image, batch_size).tolist()
-        warnings = [drawing_warnings(r, consistency[i * num_images_per_prompt : (i + 1) * num_images_per_prompt]
-                                     if consistency else [])
+        # Each image's consistency with its prompt, by the judge that picked it: the verdict on the
+        # prompt as written, or the caption reading of the text drawn from.
+        if settings.judge == "verdict":
+            consistency = verification_scores(self.lm, self.vocabulary, codes, judged_ids[::candidates], batch_size)
+        else:
+            consistency = caption_consistency(self.lm, self.vocabulary, codes, row_ids[::candidates], batch_size)
+        consistency = consistency.tolist()
+        warnings = [drawing_warnings(r, consistency[i * num_images_per_prompt : (i + 1) * num_images_per_prompt],
+                                     CONSISTENCY_WARNING[settings.judge])
                     for i, r in enumerate(rewrites)]
 
         images = codes if output_type == "latent" else self.decode_codes(codes, output_type)

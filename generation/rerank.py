@@ -7,7 +7,8 @@ partial prompts and relations included, and is the per-image consistency score t
 reports, but only once the verdict has been learned. The caption: ``log p(prompt | image)``, the
 captioning sequence ``[bos] <boi> codes <eoi> prompt <eos>`` scored in one teacher-forced pass:
 CLIP reranking (DALL-E) without a second model; it judges well as soon as the model captions well
-(docs/results.md: "Which judge picks the drawing").
+(docs/results.md: "Which judge picks the drawing"), and its per-image consistency score is the
+probability of the prompt's least likely token as the caption (``caption_consistency``).
 
 Consensus. With a weight ``w`` the score gains ``w * log(candidates the model reads as the same
 caption)``: how many of its own drawings the model reads alike is a second judge, which helps
@@ -145,6 +146,29 @@ def prompt_log_likelihood(
 
 
 @torch.inference_mode()
+def caption_consistency(
+    model: PreTrainedModel,
+    vocab: UnifiedVocabulary,
+    codes: torch.Tensor,
+    text_ids: Sequence[Sequence[int]],
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """``[N]`` the model's own reading of image ``codes[i]`` against ``text_ids[i]``: the
+    probability of the least likely token of that text (then EOS) as the image's caption.
+
+    Why the least likely token and not the whole likelihood: a drawing with one wrong attribute
+    makes one word of its caption unlikely, which a sum or mean over the caption dilutes; and a
+    probability is a score in [0, 1] whatever the caption's length. Judged in the model's own
+    captioning words (a prompt as written scores low when it is worded unlike any caption).
+    """
+    if len(text_ids) != codes.shape[0]:
+        raise ValueError(f"got {len(text_ids)} prompts for {codes.shape[0]} code grids")
+    return _log_likelihoods(model, vocab, [captioning_example(grid, ids, vocab)
+                                           for grid, ids in zip(codes.cpu(), text_ids, strict=True)],
+                            batch_size, least_likely=True).exp()
+
+
+@torch.inference_mode()
 def edit_log_likelihood(
     model: PreTrainedModel,
     vocab: UnifiedVocabulary,
@@ -164,15 +188,16 @@ def edit_log_likelihood(
 
 
 def _log_likelihoods(model: PreTrainedModel, vocab: UnifiedVocabulary, examples: Sequence[Example],
-                     batch_size: int) -> torch.Tensor:
-    """``[N]`` summed log-probability of each example's labelled ids, one teacher-forced pass per batch."""
+                     batch_size: int, least_likely: bool = False) -> torch.Tensor:
+    """``[N]`` summed log-probability of each example's labelled ids (``least_likely``: the
+    log-probability of its least likely labelled id), one teacher-forced pass per batch."""
     scores = []
     for start in range(0, len(examples), batch_size):
         call_step_hook()
         batch = {k: v.to(model.device) for k, v in collate(examples[start : start + batch_size], vocab).items()}
         logits = lm_forward(model, vocab, batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         losses, _ = next_token_losses(logits, batch["labels"])  # 0 where there is no label
-        scores.append(-losses.sum(-1))
+        scores.append(-(losses.amax(-1) if least_likely else losses.sum(-1)))
     return torch.cat(scores)
 
 

@@ -16,7 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from generation.decoder import context_length
 from generation.sampler import generate_rewrites
-from generation.settings import CONSISTENCY_WARNING, REWRITE_CONFIDENCE
+from generation.settings import REWRITE_CONFIDENCE
 from unitok.lm.sequences import prompt_room, rewrite_budget
 from unitok.lm.text_tokenizer import decode_text, encode_text
 from unitok.vocabulary import UnifiedVocabulary
@@ -52,10 +52,10 @@ def restate(lm: PreTrainedModel, vocabulary: UnifiedVocabulary, text_tokenizer: 
     return results
 
 
-def drawing_warnings(rewrite: PromptRewrite, consistency: Sequence[float], threshold: float | None = None) -> list[str]:
+def drawing_warnings(rewrite: PromptRewrite, consistency: Sequence[float], threshold: float) -> list[str]:
     """What to tell the user about a prompt's images: a part the model cannot draw, and images the
-    model itself judges a poor match (consistency below ``threshold``, default ``CONSISTENCY_WARNING``)."""
-    threshold = CONSISTENCY_WARNING if threshold is None else threshold
+    model itself judges a poor match (consistency below ``threshold``: ``CONSISTENCY_WARNING`` of
+    the judge that scored them)."""
     notes = [f"the model cannot draw {rewrite.unknown!r}; it drew the rest of the prompt"] if rewrite.unknown else []
     notes += [f"image {k} matches the prompt poorly (consistency {score:.2f})"
               for k, score in enumerate(consistency) if score < threshold]

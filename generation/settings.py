@@ -21,7 +21,10 @@ if TYPE_CHECKING:
 
 DEFAULT_GUIDANCE_SCALE = 3.0  # a model's drawings are guided this much unless its config or the caller says
 REWRITE_CONFIDENCE = 0.5  # a rewrite is drawn from only if the LM chose each of its tokens at least this sure
-CONSISTENCY_WARNING = 0.5  # an image the model judges less likely than this to show its prompt is flagged
+# Per judge, the consistency below which an image is flagged as a poor match of its prompt: the
+# verdict's probability of yes; the caption's probability of the least likely word of the text
+# drawn from (picked with scripts/check_consistency.py on scenes the eval does not use).
+CONSISTENCY_WARNING = {"verdict": 0.5, "caption": 0.1}
 # The pipeline arguments that have a saved model default, each as ``default_<name>`` in its config.
 SAMPLING_VALUES = ("guidance_scale", "temperature", "top_k", "top_p", "num_candidates", "consensus_weight",
                    "rewrite_prompts", "judge")

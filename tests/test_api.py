@@ -146,6 +146,11 @@ def test_generation_returns_seeded_pngs_independent_of_the_batch(client, backend
     # Without a seed the server picks one and reports it.
     unseeded = client.post("/v1/images/generations", json={"prompt": "a blue square"}).json()["data"][0]
     assert isinstance(unseeded["seed"], int)
+    # Each image carries the model's own consistency score and the prompt's warnings (extensions).
+    output = backend.pipeline("a red circle", num_images_per_prompt=2, guidance_scale=2.0,
+                              generator=[torch.Generator().manual_seed(s) for s in (7, 8)])
+    assert [d["consistency"] for d in data] == [round(c, 4) for c in output.consistency]
+    assert all(0.0 <= d["consistency"] <= 1.0 and d["warnings"] == output.warnings[0] for d in data)
 
 
 def test_a_model_that_rewrites_prompts_reports_what_it_drew(client, backend, monkeypatch):

@@ -74,7 +74,7 @@ class SlowBackend:
     def draw_batch(self, jobs: list[DrawJob]) -> list[DrawnImage]:
         time.sleep(self.delay_s)
         self.drawn += jobs
-        return [DrawnImage(Image.new("RGB", (16, 16), "white"), job.prompt) for job in jobs]
+        return [DrawnImage(Image.new("RGB", (16, 16), "white"), job.prompt, 1.0, []) for job in jobs]
 
 
 def png(size: int, color: str = "red") -> bytes:

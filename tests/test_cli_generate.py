@@ -190,12 +190,14 @@ def test_command_modules_do_not_import_heavy_libraries():
 
 
 def test_the_models_warnings_go_to_stderr(capsys, model_dir, tmp_path, monkeypatch):
-    import generation.rewriting
+    import generation.pipeline
     from generation.pipeline import UniTokPipeline
 
-    monkeypatch.setattr(generation.rewriting, "CONSISTENCY_WARNING", 1.0)  # every image is a poor match
+    # Every image is a poor match (a consistency is a probability, at most 1).
+    monkeypatch.setattr(generation.pipeline, "CONSISTENCY_WARNING", {"verdict": 1.01, "caption": 1.01})
 
     pipe = UniTokPipeline.from_pretrained(model_dir)
+    pipe.configure_runtime("cpu")  # as the CLI runs it
     pipe.set_progress_bar_config(disable=True)
     expected = pipe(["a red circle"], generator=[torch.Generator().manual_seed(0)]).warnings[0]
     assert main(["generate", "a red circle", "--model", str(model_dir), "--no-progress",
@@ -203,6 +205,29 @@ def test_the_models_warnings_go_to_stderr(capsys, model_dir, tmp_path, monkeypat
     err = capsys.readouterr().err
     assert expected and [line.removeprefix("warning: ") for line in err.splitlines()
                          if line.startswith("warning: ")] == expected
+
+
+def test_json_prints_each_files_consistency_and_warnings(capsys, model_dir, tmp_path):
+    from generation.pipeline import UniTokPipeline
+
+    pipe = UniTokPipeline.from_pretrained(model_dir)
+    pipe.configure_runtime("cpu")
+    pipe.set_progress_bar_config(disable=True)
+    drawn = pipe(["a red circle"], num_images_per_prompt=2, generator=[torch.Generator().manual_seed(s) for s in (5, 6)])
+    out = tmp_path / "j.png"
+    assert main(["generate", "a red circle", "-n", "2", "--seed", "5", "--json", "--model", str(model_dir),
+                 "--no-progress", "--out", str(out)]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["path"] for r in records] == [str(tmp_path / "j_0.png"), str(tmp_path / "j_1.png")]
+    assert all(Path(r["path"]).is_file() for r in records)
+    assert [r["consistency"] for r in records] == [round(c, 4) for c in drawn.consistency]
+    assert all(0.0 <= r["consistency"] <= 1.0 for r in records)
+    assert all(r["prompt"] == "a red circle" and r["line"] == 0 and r["warnings"] == drawn.warnings[0]
+               and r["drawn_prompt"] == drawn.drawn_prompts[0] for r in records)
+    assert main(["generate", "a red circle", "-n", "2", "--seed", "5", "--json", "--grid", "--model", str(model_dir),
+                 "--no-progress", "--out", str(tmp_path / "g.png")]) == 0
+    [grid] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert grid["path"] == str(tmp_path / "g.png") and grid["consistency"] == [round(c, 4) for c in drawn.consistency]
 
 
 def test_dtype_flag_sets_the_lms_precision_and_says_so(capsys, model_dir, tmp_path, monkeypatch):

@@ -229,7 +229,12 @@ def test_reranking_keeps_the_candidate_the_model_most_surely_says_shows_its_prom
 
 
 def test_the_caption_judge_reranks_a_verifying_model_by_likelihood_and_is_a_saved_default(pipe, older, tmp_path):
-    from generation.rerank import candidate_generators, prompt_log_likelihood, verification_scores
+    from generation.rerank import (
+        candidate_generators,
+        caption_consistency,
+        prompt_log_likelihood,
+        verification_scores,
+    )
 
     settings = dict(temperature=1.0, guidance_scale=1.0, output_type="latent")
     result = pipe(PROMPTS, num_candidates=4, generator=seeded(2), judge="caption", **settings)
@@ -241,8 +246,12 @@ def test_the_caption_judge_reranks_a_verifying_model_by_likelihood_and_is_a_save
     assert (likelihood.argmax(1) != verdicts.argmax(1)).any()  # the two judges pick differently here
     best = likelihood.argmax(1)
     assert torch.equal(result.images, drawn.view(2, 4, 4, 4)[torch.arange(2), best])
-    # The image still reports the model's verdict on itself as its consistency.
-    torch.testing.assert_close(torch.tensor(result.consistency), verdicts[torch.arange(2), best])
+    # The image reports the judge's own reading as its consistency: the probability of the prompt's
+    # least likely token as its caption, not the verdict.
+    picked = drawn.view(2, 4, 4, 4)[torch.arange(2), best]
+    reading = caption_consistency(pipe.lm, pipe.vocabulary, picked, text_ids[::4])
+    torch.testing.assert_close(torch.tensor(result.consistency), reading)
+    assert not torch.allclose(reading, verdicts[torch.arange(2), best])
 
     save_unified_lm(pipe.lm, pipe.text_tokenizer, pipe.vocabulary, tmp_path / "lm")
     pipe.image_tokenizer.save_pretrained(tmp_path / "image_tokenizer")
@@ -396,21 +405,25 @@ def test_consensus_weight_adds_the_log_count_of_each_candidates_reading(older):
         pipe(PROMPTS, num_candidates=2, temperature=1.0, consensus_weight=-1.0)
 
 
-def test_prompt_log_likelihood_is_the_captioning_log_probability(pipe):
-    from generation.rerank import prompt_log_likelihood
+def test_prompt_log_likelihood_and_consistency_read_the_captioning_probabilities(pipe):
+    """The caption judge's score is the prompt's (then EOS's) summed log-probability as the image's
+    caption; its consistency, the probability of the least likely of those tokens."""
+    from generation.rerank import caption_consistency, prompt_log_likelihood
 
     vocab = pipe.vocabulary
     codes = torch.randint(0, vocab.codebook_size, (3, *vocab.grid), generator=torch.Generator().manual_seed(0))
     text_ids = [pipe.encode_prompt(p) for p in (PROMPTS[0], PROMPTS[1], PROMPTS[0])]
     scores = prompt_log_likelihood(pipe.lm, vocab, codes, text_ids, batch_size=2)
-    for grid, ids, score in zip(codes, text_ids, scores, strict=True):
+    consistency = caption_consistency(pipe.lm, vocab, codes, text_ids, batch_size=2)
+    for grid, ids, score, reading in zip(codes, text_ids, scores, consistency, strict=True):
         bos = [] if vocab.bos_id is None else [vocab.bos_id]
         sequence = [*bos, vocab.boi_id, *vocab.to_lm_ids(grid).flatten().tolist(), vocab.eoi_id, *ids, vocab.eos_id]
         with torch.no_grad():
             log_probs = pipe.lm(torch.tensor([sequence])).logits[0].float().log_softmax(-1)
         start = len(sequence) - len(ids) - 1
-        expected = sum(log_probs[t - 1, sequence[t]] for t in range(start, len(sequence)))
-        torch.testing.assert_close(score, expected, atol=1e-4, rtol=1e-4)
+        token_log_probs = torch.stack([log_probs[t - 1, sequence[t]] for t in range(start, len(sequence))])
+        torch.testing.assert_close(score, token_log_probs.sum(), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(reading, token_log_probs.min().exp(), atol=1e-5, rtol=1e-4)
 
 
 class Restating(UniTokPipeline):

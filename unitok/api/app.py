@@ -232,7 +232,8 @@ def create_app(backend: ModelBackend, *, limits: Limits | None = None, batching:
         pngs = await run_in_threadpool(lambda: [_png_base64(r.value.image, side) for r in results])
         return ImageGenerationResponse(
             created=int(time.time()),
-            data=[GeneratedImage(b64_json=png, seed=job.seed, revised_prompt=result.value.drawn_prompt)
+            data=[GeneratedImage(b64_json=png, seed=job.seed, revised_prompt=result.value.drawn_prompt,
+                                 consistency=round(result.value.consistency, 4), warnings=result.value.warnings)
                   for png, job, result in zip(pngs, jobs, results, strict=True)],
             model=backend.name,
             timings_ms=_timings(started, queue=max(r.queue_ms for r in results),

@@ -62,6 +62,8 @@ class EditJob:
 class DrawnImage:
     image: Image.Image
     drawn_prompt: str  # what it was drawn from: the job's prompt, or the model's rewrite of it
+    consistency: float  # the model's own score of the image against the prompt, 0-1
+    warnings: list[str]  # what the model cannot draw of the prompt, or that the image matches it poorly
 
 
 class ModelBackend(Protocol):
@@ -171,7 +173,8 @@ class PipelineBackend:
         # Codes do not depend on the batch, but the conv decoder's float sums do (by ~1e-6, which
         # flips a rounded pixel now and then). Decoding each image alone keeps "same seed, same
         # PNG" exact; sampling, not decoding, is where the time goes.
-        return [DrawnImage(self.pipeline.decode_codes(codes[i : i + 1])[0], drawn.drawn_prompts[i])
+        return [DrawnImage(self.pipeline.decode_codes(codes[i : i + 1])[0], drawn.drawn_prompts[i],
+                           drawn.consistency[i], drawn.warnings[i])
                 for i in range(len(jobs))]
 
 

@@ -145,6 +145,11 @@ class GeneratedImage(BaseModel):
     seed: int = Field(description="The seed this image was drawn with (send it back to redraw it).")
     revised_prompt: str = Field(description="What the image was drawn from: the prompt itself, or the model's "
                                             "restatement of it for a model that rewrites prompts.")
+    consistency: float | None = Field(default=None, description=(
+        "An extension: the model's own score of the image against the prompt, from 0 to 1 (its verdict, or the "
+        "probability of the least likely word of the prompt as the image's caption); absent for edits."))
+    warnings: list[str] = Field(default_factory=list, description=(
+        "An extension: what the model cannot draw of the prompt, and whether it judges the image a poor match."))
 
 
 class ImageGenerationResponse(BaseModel):

@@ -2,12 +2,15 @@
 
 Image ``k`` of line ``L`` (0-based) is drawn with seed ``--seed + L * n + k``, whatever the batch
 size. A single prompt goes to ``--out FILE`` (``FILE_k.png`` per image) or a folder, a prompts
-file to ``DIR/{L:05d}.png`` or ``DIR/{L:05d}_{k}.png``; every path written is printed.
+file to ``DIR/{L:05d}.png`` or ``DIR/{L:05d}_{k}.png``; every path written is printed, or with
+``--json`` one JSON line per file: its path, line, prompt, what it was drawn from, the model's
+consistency score of its image(s) with the prompt, and the prompt's warnings.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from dataclasses import dataclass
@@ -33,6 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, metavar="PATH",
                         help="an image file (out.png) or a folder; default out.png, or out/ with --prompts-file")
     parser.add_argument("--grid", action="store_true", help="one grid image per prompt instead of one file per image")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON line per file written instead of its path: path, line, prompt, "
+                             "drawn_prompt, consistency (the model's own score of the image against the prompt, "
+                             "0-1; a list for a grid) and warnings")
     add_sampling_arguments(parser)
     add_runtime_arguments(parser, default_batch_size=8)
 
@@ -76,8 +83,17 @@ def run(args: argparse.Namespace) -> int:
                     print(f"{where}drawn as {output.drawn_prompts[i]!r}", file=sys.stderr, flush=True)
                 for warning in output.warnings[i] if output.warnings else ():
                     print(f"{where}warning: {warning}", file=sys.stderr, flush=True)
-                for path in _write(images[i * n:(i + 1) * n], job, out, args.grid):
-                    print(path, flush=True)
+                paths = _write(images[i * n:(i + 1) * n], job, out, args.grid)
+                scores = output.consistency[i * n:(i + 1) * n]
+                for k, path in enumerate(paths):
+                    if not args.json:
+                        print(path, flush=True)
+                        continue
+                    print(json.dumps({"path": str(path), "line": job.line, "prompt": job.prompt,
+                                      "drawn_prompt": output.drawn_prompts[i],
+                                      "consistency": [round(s, 4) for s in scores] if len(paths) < n
+                                      else round(scores[k], 4),
+                                      "warnings": output.warnings[i]}), flush=True)
             bar.update(len(chunk))
     return 0
 
