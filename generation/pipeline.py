@@ -26,7 +26,7 @@ from generation.decoder import context_length
 from generation.image_tasks import ImageTasksMixin
 from generation.outputs import Generators, UniTokPipelineOutput, check_call, per_row
 from generation.rerank import candidate_generators, caption_consistency, rerank, verification_scores
-from generation.rewriting import PromptRewrite, drawing_warnings, restate
+from generation.rewriting import PromptRewrite, drawing_warnings, restate, word_at
 from generation.sampler import sample_image_codes
 from generation.settings import (
     CONSISTENCY_WARNING,
@@ -256,14 +256,18 @@ class UniTokPipeline(ImageTasksMixin, DiffusionPipeline):
                            judge=settings.judge)
         # Each image's consistency with its prompt, by the judge that picked it: the verdict on the
         # prompt as written, or the caption reading of the text drawn from.
+        unlikely = None  # per image, the word of its prompt the caption judge least reads in it
         if settings.judge == "verdict":
             consistency = verification_scores(self.lm, self.vocabulary, codes, judged_ids[::candidates], batch_size)
         else:
-            consistency = caption_consistency(self.lm, self.vocabulary, codes, row_ids[::candidates], batch_size)
+            per_image = row_ids[::candidates]
+            consistency, positions = caption_consistency(self.lm, self.vocabulary, codes, per_image, batch_size)
+            unlikely = [word_at(self.text_tokenizer, ids, at) for ids, at in zip(per_image, positions, strict=True)]
         consistency = consistency.tolist()
-        warnings = [drawing_warnings(r, consistency[i * num_images_per_prompt : (i + 1) * num_images_per_prompt],
-                                     CONSISTENCY_WARNING[settings.judge])
-                    for i, r in enumerate(rewrites)]
+        per_prompt = [slice(i * num_images_per_prompt, (i + 1) * num_images_per_prompt) for i in range(len(prompts))]
+        warnings = [drawing_warnings(r, consistency[images], CONSISTENCY_WARNING[settings.judge],
+                                     None if unlikely is None else unlikely[images])
+                    for r, images in zip(rewrites, per_prompt, strict=True)]
 
         images = codes if output_type == "latent" else self.decode_codes(codes, output_type)
         if not return_dict:

@@ -23,7 +23,7 @@ likelihood as the edit of its image by its instruction, plus the same consensus 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from transformers import PreTrainedModel
@@ -34,6 +34,7 @@ from generation.settings import model_judge
 from generation.step_hook import call_step_hook
 from unitok.lm.image_positions import lm_forward
 from unitok.lm.sequences import (
+    IGNORE,
     Example,
     captioning_example,
     collate,
@@ -152,20 +153,28 @@ def caption_consistency(
     codes: torch.Tensor,
     text_ids: Sequence[Sequence[int]],
     batch_size: int = 64,
-) -> torch.Tensor:
-    """``[N]`` the model's own reading of image ``codes[i]`` against ``text_ids[i]``: the
-    probability of the least likely token of that text (then EOS) as the image's caption.
+) -> tuple[torch.Tensor, list[int]]:
+    """The model's own reading of image ``codes[i]`` against ``text_ids[i]``: ``[N]`` the
+    probability of the least likely token of that text (then EOS) as the image's caption, and
+    per image that token's index in ``text_ids[i]`` (``len(text_ids[i])``: the EOS, i.e. the
+    image shows more than the text says).
 
     Why the least likely token and not the whole likelihood: a drawing with one wrong attribute
-    makes one word of its caption unlikely, which a sum or mean over the caption dilutes; and a
-    probability is a score in [0, 1] whatever the caption's length. Judged in the model's own
-    captioning words (a prompt as written scores low when it is worded unlike any caption).
+    makes one word of its caption unlikely, which a sum or mean over the caption dilutes, and that
+    word tells the user what is wrong; a probability is a score in [0, 1] whatever the caption's
+    length. Judged in the model's own captioning words (a prompt as written scores low when it is
+    worded unlike any caption).
     """
     if len(text_ids) != codes.shape[0]:
         raise ValueError(f"got {len(text_ids)} prompts for {codes.shape[0]} code grids")
-    return _log_likelihoods(model, vocab, [captioning_example(grid, ids, vocab)
-                                           for grid, ids in zip(codes.cpu(), text_ids, strict=True)],
-                            batch_size, least_likely=True).exp()
+    examples = [captioning_example(grid, ids, vocab) for grid, ids in zip(codes.cpu(), text_ids, strict=True)]
+    scores, positions = [], []
+    for losses, targets in _teacher_forced(model, vocab, examples, batch_size):
+        worst = losses.argmax(-1)  # losses are 0 where there is no label, > 0 where there is
+        first_label = (targets != IGNORE).int().argmax(-1)
+        scores.append(losses.gather(1, worst[:, None]).squeeze(1).neg().exp())
+        positions.extend((worst - first_label).clamp(min=0).tolist())  # all p = 1: any token, say the first
+    return torch.cat(scores), positions
 
 
 @torch.inference_mode()
@@ -188,17 +197,20 @@ def edit_log_likelihood(
 
 
 def _log_likelihoods(model: PreTrainedModel, vocab: UnifiedVocabulary, examples: Sequence[Example],
-                     batch_size: int, least_likely: bool = False) -> torch.Tensor:
-    """``[N]`` summed log-probability of each example's labelled ids (``least_likely``: the
-    log-probability of its least likely labelled id), one teacher-forced pass per batch."""
-    scores = []
+                     batch_size: int) -> torch.Tensor:
+    """``[N]`` summed log-probability of each example's labelled ids."""
+    return torch.cat([-losses.sum(-1) for losses, _ in _teacher_forced(model, vocab, examples, batch_size)])
+
+
+def _teacher_forced(model: PreTrainedModel, vocab: UnifiedVocabulary, examples: Sequence[Example],
+                    batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Per batch of ``examples``, one teacher-forced pass: ``next_token_losses`` (losses 0 where
+    there is no label, and the shifted labels)."""
     for start in range(0, len(examples), batch_size):
         call_step_hook()
         batch = {k: v.to(model.device) for k, v in collate(examples[start : start + batch_size], vocab).items()}
         logits = lm_forward(model, vocab, batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        losses, _ = next_token_losses(logits, batch["labels"])  # 0 where there is no label
-        scores.append(-(losses.amax(-1) if least_likely else losses.sum(-1)))
-    return torch.cat(scores)
+        yield next_token_losses(logits, batch["labels"])
 
 
 @torch.inference_mode()

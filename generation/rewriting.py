@@ -52,11 +52,36 @@ def restate(lm: PreTrainedModel, vocabulary: UnifiedVocabulary, text_tokenizer: 
     return results
 
 
-def drawing_warnings(rewrite: PromptRewrite, consistency: Sequence[float], threshold: float) -> list[str]:
+def drawing_warnings(rewrite: PromptRewrite, consistency: Sequence[float], threshold: float,
+                     unlikely: Sequence[str | None] | None = None) -> list[str]:
     """What to tell the user about a prompt's images: a part the model cannot draw, and images the
     model itself judges a poor match (consistency below ``threshold``: ``CONSISTENCY_WARNING`` of
-    the judge that scored them)."""
+    the judge that scored them), with, where the judge says (``unlikely``, per image), the word it
+    least reads in the image ("" where it reads more in the image than the text says)."""
     notes = [f"the model cannot draw {rewrite.unknown!r}; it drew the rest of the prompt"] if rewrite.unknown else []
-    notes += [f"image {k} matches the prompt poorly (consistency {score:.2f})"
-              for k, score in enumerate(consistency) if score < threshold]
+    for k, score in enumerate(consistency):
+        if score >= threshold:
+            continue
+        word = None if unlikely is None else unlikely[k]
+        why = "" if word is None else (f": it does not read {word!r} in it" if word
+                                      else ": it shows more than the prompt says")
+        notes.append(f"image {k} matches the prompt poorly{why} (consistency {score:.2f})")
     return notes
+
+
+def word_at(text_tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], position: int) -> str:
+    """The whole word of the text ``ids`` decode to that holds token ``position`` ("" for the
+    position after the last token: the end of the text). Why a word: a token is often a piece of
+    one ("cu", "be"), which says nothing to a user."""
+    if position >= len(ids):
+        return ""
+    text = decode_text(text_tokenizer, ids)
+    start = len(decode_text(text_tokenizer, ids[:position]))  # decoded text is stripped: skip the space
+    while start < len(text) and text[start].isspace():
+        start += 1
+    stop = max(len(decode_text(text_tokenizer, ids[: position + 1])), start + 1)
+    while start > 0 and not text[start - 1].isspace():
+        start -= 1
+    while stop < len(text) and not text[stop].isspace():
+        stop += 1
+    return text[start:stop].strip(" ,.;:!?") or text[start:stop].strip()

@@ -8,8 +8,8 @@ the training phrasing families, the held-out families. Each drawing is right whe
 as its scene (``shapes.analyze``). Prints, per kind and overall, the share of right drawings, the
 AUC of the consistency score (the chance a right drawing scores above a wrong one), and for each
 threshold the share of right drawings flagged (false warnings) and of wrong ones flagged (caught);
-then, for prompts that ask for what the domain lacks (held-out words), the share flagged against
-the share of in-domain prompts flagged.
+then, for prompts that ask for what the domain lacks (held-out words), how often a warning names
+the unknown word, and the share flagged against the share of in-domain prompts flagged.
 Why: ``generation.settings.CONSISTENCY_WARNING`` is picked from this, per judge, on scenes the
 report does not use (docs/results.md, "A consistency score for every model").
 """
@@ -65,7 +65,8 @@ def main() -> None:
         "held-out families": [shapes_language.describe(scene, rng, family=list(shapes_language.HELD_OUT_FAMILIES)[
             i % len(shapes_language.HELD_OUT_FAMILIES)], detail="full").text for i, scene in enumerate(scenes)],
     }
-    unknown = [shapes_language.describe_unknown(scene, rng, held_out=True)[0].text for scene in scenes]
+    asked = [shapes_language.describe_unknown(scene, rng, held_out=True) for scene in scenes]
+    unknown, words = [prompt.text for prompt, _ in asked], [word for _, word in asked]
     print(f"{args.model or default_model_dir()}: {args.num} held-out val scenes (seed {args.seed}) per kind, "
           f"judge {pipe.sampling_settings(judge=args.judge).judge}")
     everything = ([], [])
@@ -80,7 +81,10 @@ def main() -> None:
     output = draw(pipe, unknown, args)
     scores, in_domain = np.array(output.consistency), np.concatenate(everything[1])
     named = np.mean([any("cannot draw" in w for w in warnings) for warnings in output.warnings])
-    print(f"{'out-of-domain words':<22} n {len(unknown):>3}, the model names what it cannot draw for {named:.0%}; "
+    named_word = np.mean([any(repr(word) in w for w in warnings) for warnings, word in zip(output.warnings, words,
+                                                                                          strict=True)])
+    print(f"{'out-of-domain words':<22} n {len(unknown):>3}, the model says it cannot draw something for {named:.0%}, "
+          f"a warning names the unknown word for {named_word:.0%}; "
           "flagged out-of-domain / in-domain at " + ", ".join(
               f"<{t}: {(scores < t).mean():.0%} / {(in_domain < t).mean():.0%}" for t in THRESHOLDS))
 

@@ -249,7 +249,7 @@ def test_the_caption_judge_reranks_a_verifying_model_by_likelihood_and_is_a_save
     # The image reports the judge's own reading as its consistency: the probability of the prompt's
     # least likely token as its caption, not the verdict.
     picked = drawn.view(2, 4, 4, 4)[torch.arange(2), best]
-    reading = caption_consistency(pipe.lm, pipe.vocabulary, picked, text_ids[::4])
+    reading, _ = caption_consistency(pipe.lm, pipe.vocabulary, picked, text_ids[::4])
     torch.testing.assert_close(torch.tensor(result.consistency), reading)
     assert not torch.allclose(reading, verdicts[torch.arange(2), best])
 
@@ -414,8 +414,8 @@ def test_prompt_log_likelihood_and_consistency_read_the_captioning_probabilities
     codes = torch.randint(0, vocab.codebook_size, (3, *vocab.grid), generator=torch.Generator().manual_seed(0))
     text_ids = [pipe.encode_prompt(p) for p in (PROMPTS[0], PROMPTS[1], PROMPTS[0])]
     scores = prompt_log_likelihood(pipe.lm, vocab, codes, text_ids, batch_size=2)
-    consistency = caption_consistency(pipe.lm, vocab, codes, text_ids, batch_size=2)
-    for grid, ids, score, reading in zip(codes, text_ids, scores, consistency, strict=True):
+    consistency, positions = caption_consistency(pipe.lm, vocab, codes, text_ids, batch_size=2)
+    for grid, ids, score, reading, at in zip(codes, text_ids, scores, consistency, positions, strict=True):
         bos = [] if vocab.bos_id is None else [vocab.bos_id]
         sequence = [*bos, vocab.boi_id, *vocab.to_lm_ids(grid).flatten().tolist(), vocab.eoi_id, *ids, vocab.eos_id]
         with torch.no_grad():
@@ -424,6 +424,23 @@ def test_prompt_log_likelihood_and_consistency_read_the_captioning_probabilities
         token_log_probs = torch.stack([log_probs[t - 1, sequence[t]] for t in range(start, len(sequence))])
         torch.testing.assert_close(score, token_log_probs.sum(), atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(reading, token_log_probs.min().exp(), atol=1e-5, rtol=1e-4)
+        assert at == int(token_log_probs.argmin())  # an index into ids; len(ids) is the EOS
+
+
+def test_a_poor_match_names_the_word_the_model_least_reads_in_its_image(pipe):
+    from generation.rewriting import PromptRewrite, drawing_warnings, word_at
+
+    tokenizer = pipe.text_tokenizer
+    ids = pipe.encode_prompt("a large purple hexagon, top left")
+    pieces = [tokenizer.decode([i]) for i in ids]
+    inside = next(k for k, piece in enumerate(pieces) if "x" in piece)  # a token inside "hexagon", or all of it
+    assert word_at(tokenizer, ids, inside) == "hexagon"  # a piece of a word names the whole word
+    assert word_at(tokenizer, ids, len(ids) - 1) == "left" and word_at(tokenizer, ids, len(ids)) == ""
+    notes = drawing_warnings(PromptRewrite("p", "", False), [0.9, 0.01, 0.02], 0.1, ["large", "hexagon", ""])
+    assert notes == ["image 1 matches the prompt poorly: it does not read 'hexagon' in it (consistency 0.01)",
+                     "image 2 matches the prompt poorly: it shows more than the prompt says (consistency 0.02)"]
+    assert drawing_warnings(PromptRewrite("p", "", False), [0.3], 0.5) == [
+        "image 0 matches the prompt poorly (consistency 0.30)"]  # a verdict names no word
 
 
 class Restating(UniTokPipeline):
