@@ -14,17 +14,17 @@ needs_onednn = pytest.mark.skipif(
 
 
 @needs_onednn
-@pytest.mark.parametrize("bias", [True, False])
-def test_packed_products_equal_f_linear_bit_for_bit_for_any_row_count_and_shape(bias):
+@pytest.mark.parametrize(("outputs", "inputs", "bias"), [(96, 40, True), (96, 40, False), (512, 1536, False)])
+def test_packed_products_equal_f_linear_bit_for_bit_for_any_row_count_and_shape(outputs, inputs, bias):
     generator = torch.Generator().manual_seed(0)
-    weight = torch.randn(96, 40, generator=generator).bfloat16()
-    offset = torch.randn(96, generator=generator).bfloat16() if bias else None
+    weight = torch.randn(outputs, inputs, generator=generator).bfloat16()
+    offset = torch.randn(outputs, generator=generator).bfloat16() if bias else None
     packed = packed_linear.product(weight, offset, packed=True)
-    x = torch.randn(33, 40, generator=generator).bfloat16()
+    x = torch.randn(33, inputs, generator=generator).bfloat16()
     for rows in (1, 2, 16, 33):  # a row's product never depends on the rows beside it
         assert torch.equal(packed(x[:rows]), F.linear(x[:rows], weight, offset))
         assert torch.equal(packed(x[:rows]), packed(x)[:rows])
-    steps = x.view(33, 1, 40)  # [rows, positions, features], as the decoder calls it
+    steps = x.view(33, 1, inputs)  # [rows, positions, features], as the decoder calls it
     assert torch.equal(packed(steps), F.linear(steps, weight, offset))
 
 
