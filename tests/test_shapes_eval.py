@@ -239,3 +239,27 @@ def test_eval_command_reports_with_the_models_own_sampling_defaults(tmp_path, mo
     report = json.loads((tmp_path / "eval2" / "report.json").read_text())
     assert report["settings"]["temperature"] == 1.5 and report["settings"]["suites"] == ["answering"]
     assert main(["eval", "shapes", "--model", str(tmp_path / "pipe"), "--suites", "drawing,dancing"]) == 2
+
+
+def test_a_models_own_flags_are_scored_against_whether_its_drawings_are_right(said):
+    """A drawer that blanks every other image and flags exactly those (and every prompt for what the
+    domain lacks) flags no right drawing, every wrong one and every out-of-domain prompt."""
+    _, unknown = said
+    draw = perfect_generate(said)
+
+    def flagging(prompts, seed):
+        images = [image if i % 2 == 0 else Image.new("RGB", (64, 64), "white")
+                  for i, image in enumerate(draw(prompts, seed))]
+        return images, [i % 2 == 1 or p in unknown for i, p in enumerate(prompts)]
+
+    scores = evaluate_shapes(ShapesModel(generate_flagged=flagging, caption=perfect_caption), num_scenes=12,
+                             batch_size=5, progress=False, suites=("drawing", "drawing_held_out")).as_dict()
+    assert 0.0 < scores["text_to_image/canonical"]["exact"] < 1.0  # drawn (and scored) through generate_flagged
+    assert scores["consistency/right_flagged"]["exact"] == 0.0 and scores["consistency/right_flagged"]["n"] > 20
+    assert scores["consistency/wrong_flagged"]["exact"] == 1.0 and scores["consistency/wrong_flagged"]["n"] > 20
+    out_of_domain = scores["consistency/out_of_domain_flagged"]
+    assert (out_of_domain["n"], out_of_domain["exact"], out_of_domain["held"]) == (12, 1.0, "held out")
+    # A model that only draws reports no flags.
+    plain = evaluate_shapes(ShapesModel(generate=draw, caption=perfect_caption), num_scenes=4, progress=False,
+                            suites=("drawing",)).as_dict()
+    assert not any(key.startswith("consistency/") for key in plain)

@@ -170,9 +170,12 @@ def run_shapes(args: argparse.Namespace) -> int:
     drawing = pipe.sampling_settings(**chosen)  # what the model's defaults make of them, for the report
     knows = pipe.vocabulary.has
 
+    from generation.settings import CONSISTENCY_WARNING
+
     def generate(prompts: list[str], seed: int):
         generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
-        return pipe(prompts, generator=generators, batch_size=args.batch_size, **chosen).images
+        drawn = pipe(prompts, generator=generators, batch_size=args.batch_size, **chosen)
+        return drawn.images, [score < CONSISTENCY_WARNING[drawing.judge] for score in drawn.consistency]
 
     def rewrite(prompts: list[str]):
         return [(r.restatement, r.unknown, r.accepted) for r in pipe.rewrites(prompts, batch_size=args.batch_size)]
@@ -184,7 +187,7 @@ def run_shapes(args: argparse.Namespace) -> int:
         return pipe.edit(images, instructions, generator=generators, batch_size=args.batch_size).images
 
     model = ShapesModel(
-        generate=generate,
+        generate_flagged=generate,
         caption=lambda images: pipe.caption(images, batch_size=args.batch_size),
         rewrite=rewrite if knows("rewrite") else None,
         answer=(lambda images, questions: pipe.answer(images, questions, batch_size=args.batch_size))

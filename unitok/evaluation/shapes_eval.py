@@ -44,6 +44,8 @@ from unitok.evaluation.scores import ATTRIBUTES, Rate, SceneScore, adds_to
 SUITES = ("drawing", "drawing_held_out", "captioning", "rewriting", "answering", "editing")
 PROBE_SCENES = 8  # held-out scenes a Shapes model must caption before it is evaluated
 GenerateFn = Callable[[list[str], int], list[Image.Image]]  # (prompts, seed) -> one image each
+# (prompts, seed) -> one image each, and whether the model's own consistency score flags it as a poor match
+FlaggedGenerateFn = Callable[[list[str], int], tuple[list[Image.Image], list[bool]]]
 CaptionFn = Callable[[list[Image.Image]], list[str]]
 RewriteFn = Callable[[list[str]], list[tuple[str, str, bool]]]  # prompts -> (restatement, unknown words, drawn?)
 AnswerFn = Callable[[list[Image.Image], list[str]], list[str]]
@@ -55,13 +57,15 @@ class ShapesModel:
     """The calls the evaluation makes; a suite whose call is None is not run."""
 
     generate: GenerateFn | None = None
+    generate_flagged: FlaggedGenerateFn | None = None  # instead of ``generate``: its drawings' flags are scored too
     caption: CaptionFn | None = None
     rewrite: RewriteFn | None = None
     answer: AnswerFn | None = None
     edit: EditFn | None = None
 
     def runs(self, suite: str) -> bool:
-        needs = {"drawing": (self.generate, self.caption), "drawing_held_out": (self.generate,),
+        draws = self.generate or self.generate_flagged
+        needs = {"drawing": (draws, self.caption), "drawing_held_out": (draws,),
                  "captioning": (self.caption,), "rewriting": (self.rewrite,),
                  "answering": (self.answer,), "editing": (self.edit,)}[suite]
         return all(call is not None for call in needs)
@@ -156,11 +160,19 @@ def evaluate_shapes(
     for suite in SUITES:
         if suite in suites and model.runs(suite):
             getattr(run, suite)()
+    run.consistency_rows()
     run.bar.close()
     return ShapesEvaluation(run.rows, run.breakdown, run.drawings, run.edits,
                             settings={"num_scenes": num_scenes, "seed": seed, "suites": [s for s in SUITES if s in suites
                                                                                           and model.runs(s)],
                                       **(settings or {})})
+
+
+def _rate(hits: Sequence[bool]) -> Rate:
+    rate = Rate()
+    for hit in hits:
+        rate.add(hit)
+    return rate
 
 
 def _batches(items: Sequence, size: int):
@@ -186,6 +198,9 @@ class _Run:
     edits: list[Example] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        # The model's own flags on its in-domain drawings, split by whether the drawing was right.
+        self.flagged_right, self.flagged_wrong = Rate(), Rate()
+        self.last_flags: list[bool] | None = None  # of the last ``_draw``, where the model flags
         self.scenes = scenes_for_split("val", self.num, self.seed)
         # Relations need two objects: the first ``num`` such val scenes.
         pool = scenes_for_split("val", 4 * self.num, self.seed + 1)
@@ -202,11 +217,33 @@ class _Run:
                 for i, scene in enumerate(scenes or self.scenes)]
 
     def _draw(self, prompts: list[str], stream: int) -> list[Image.Image]:
-        images = []
+        images, flags = [], []
         for start, batch in _batches(prompts, self.batch_size):
-            images += self.model.generate(list(batch), self.seed + stream * 1_000_000 + start)
+            seed = self.seed + stream * 1_000_000 + start
+            if self.model.generate_flagged is not None:
+                drawn, flagged = self.model.generate_flagged(list(batch), seed)
+                flags += flagged
+            else:
+                drawn = self.model.generate(list(batch), seed)
+            images += drawn
             self.bar.update(len(batch))
+        self.last_flags = flags if self.model.generate_flagged is not None else None
         return images
+
+    def _judge_flags(self, right: Sequence[bool]) -> None:
+        """Count the last drawing's flags against whether each of its images was ``right``."""
+        for ok, flagged in zip(right, self.last_flags or (), strict=False):
+            (self.flagged_right if ok else self.flagged_wrong).add(flagged)
+
+    def consistency_rows(self) -> None:
+        """How the model's own flags split its in-domain drawings, where it flags them."""
+        if self.flagged_right.total or self.flagged_wrong.total:
+            self.rows += [
+                Row("consistency/right_flagged", "consistency flag", "in-domain drawings that are right, flagged "
+                    "as a poor match (lower is better)", "held in + out", self.flagged_right),
+                Row("consistency/wrong_flagged", "consistency flag", "in-domain drawings that are wrong, flagged "
+                    "as a poor match", "held in + out", self.flagged_wrong),
+            ]
 
     def _caption(self, images: list[Image.Image]) -> list[str]:
         captions = []
@@ -243,14 +280,25 @@ class _Run:
         self.rows.append(Row("text_to_image/counts", "text-to-image", "under-specified prompts: the stated count",
                              "held out", counted))
 
+        self._judge_flags([prompt.spec.satisfied_by(shapes.analyze(image)) for prompt, image in zip(partial, images,
+                                                                                                       strict=True)])
         related = [p for p in self._prompts(4, list(HELD_OUT_FAMILIES), "relations", self.multi) if p.spec.relations]
         images = self._draw([p.text for p in related], 4)
         relations = Rate()
         for prompt, image in zip(related, images, strict=True):
             seen = shapes.analyze(image)
             relations.add(prompt.spec.satisfied_by(seen), seen is not None)
+        self._judge_flags([prompt.spec.satisfied_by(shapes.analyze(image)) for prompt, image in zip(related, images,
+                                                                                                       strict=True)])
         self.rows.append(Row("text_to_image/relations", "text-to-image", "prompts with relations (above, in a row...)",
                              "held out", relations))
+        if self.model.generate_flagged is not None:
+            # Prompts for what the domain lacks (held-out words): is the drawing flagged?
+            rng = self._rng(5)
+            self._draw([shapes_language.describe_unknown(s, rng, held_out=True)[0].text for s in self.scenes], 5)
+            self.rows.append(Row("consistency/out_of_domain_flagged", "out-of-domain flag", "prompts asking for "
+                                 "shapes/colours the domain lacks (held-out words): drawing flagged as a poor match",
+                                 "held out", _rate(self.last_flags)))
 
     def _families(self, key: str, held: str, families: list[str], stream: int) -> None:
         prompts = self._prompts(stream, families, "full")
@@ -267,11 +315,13 @@ class _Run:
 
     def _exact_rows(self, key: str, task: str, what: str, held: str, scenes: Sequence[shapes.Scene],
                     images: list[Image.Image], prompts: list[shapes_language.Prompt] | None = None) -> None:
-        score = SceneScore()
+        score, right = SceneScore(), []
         for i, (scene, image) in enumerate(zip(scenes, images, strict=True)):
             ok = score.add(scene, shapes.analyze(image))
+            right.append(ok)
             if held == "held out" and len(self.drawings) < 24:
                 self.drawings.append(Example(None, prompts[i].text if prompts else "", image, ok))
+        self._judge_flags(right)
         self.rows.append(Row(key, task, what, held, score))
 
     def captioning(self) -> None:
