@@ -218,8 +218,11 @@ def bf16_llama(request, llama, monkeypatch):
     """The tiny Llama in bf16, its products from packed weights or not (as on a CPU with or
     without bf16 units)."""
     from generation import packed_linear
-    if request.param and (packed_linear._packing_ops() is None or not torch.backends.mkldnn.is_available()):
-        pytest.skip("this PyTorch has no oneDNN packing ops")
+    from unitok.precision import cpu_has_fast_bf16
+
+    if request.param and (packed_linear._packing_ops() is None or not torch.backends.mkldnn.is_available()
+                          or not cpu_has_fast_bf16()):
+        pytest.skip("packed bf16 products run only on a CPU with bf16 units and a PyTorch with oneDNN's packing ops")
     monkeypatch.setattr(packed_linear, "cpu_has_fast_bf16", lambda: request.param)
     model, vocab = llama
     return _copy(model).to(torch.bfloat16), vocab
