@@ -140,10 +140,7 @@ def prompt_log_likelihood(
     batch_size: int = 64,
 ) -> torch.Tensor:
     """``[N]`` log-probabilities of each ``text_ids[i]`` (then EOS) as the caption of ``codes[i]``."""
-    if len(text_ids) != codes.shape[0]:
-        raise ValueError(f"got {len(text_ids)} prompts for {codes.shape[0]} code grids")
-    return _log_likelihoods(model, vocab, [captioning_example(grid, ids, vocab)
-                                           for grid, ids in zip(codes.cpu(), text_ids, strict=True)], batch_size)
+    return _log_likelihoods(model, vocab, _captioning_examples(vocab, codes, text_ids), batch_size)
 
 
 @torch.inference_mode()
@@ -165,11 +162,8 @@ def caption_consistency(
     length. Judged in the model's own captioning words (a prompt as written scores low when it is
     worded unlike any caption).
     """
-    if len(text_ids) != codes.shape[0]:
-        raise ValueError(f"got {len(text_ids)} prompts for {codes.shape[0]} code grids")
-    examples = [captioning_example(grid, ids, vocab) for grid, ids in zip(codes.cpu(), text_ids, strict=True)]
     scores, positions = [], []
-    for losses, targets in _teacher_forced(model, vocab, examples, batch_size):
+    for losses, targets in _teacher_forced(model, vocab, _captioning_examples(vocab, codes, text_ids), batch_size):
         worst = losses.argmax(-1)  # losses are 0 where there is no label, > 0 where there is
         first_label = (targets != IGNORE).int().argmax(-1)
         scores.append(losses.gather(1, worst[:, None]).squeeze(1).neg().exp())
@@ -194,6 +188,14 @@ def edit_log_likelihood(
     return _log_likelihoods(model, vocab, [editing_example(source, ids, grid, vocab) for source, ids, grid
                                            in zip(sources.cpu(), instruction_ids, edited.cpu(), strict=True)],
                             batch_size)
+
+
+def _captioning_examples(vocab: UnifiedVocabulary, codes: torch.Tensor,
+                         text_ids: Sequence[Sequence[int]]) -> list[Example]:
+    """Each ``text_ids[i]`` as the caption of ``codes[i]`` (one text per grid, checked)."""
+    if len(text_ids) != codes.shape[0]:
+        raise ValueError(f"got {len(text_ids)} prompts for {codes.shape[0]} code grids")
+    return [captioning_example(grid, ids, vocab) for grid, ids in zip(codes.cpu(), text_ids, strict=True)]
 
 
 def _log_likelihoods(model: PreTrainedModel, vocab: UnifiedVocabulary, examples: Sequence[Example],

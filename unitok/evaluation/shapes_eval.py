@@ -270,26 +270,24 @@ class _Run:
         self._families("held_out_families", "held out", list(HELD_OUT_FAMILIES), 2)
         partial = self._prompts(3, list(HELD_OUT_FAMILIES), "partial")
         images = self._draw([p.text for p in partial], 3)
-        satisfied, counted = Rate(), Rate()
+        satisfied, counted, right = Rate(), Rate(), []
         for prompt, image in zip(partial, images, strict=True):
             seen = shapes.analyze(image)
-            satisfied.add(prompt.spec.satisfied_by(seen), seen is not None)
+            right.append(satisfied.add(prompt.spec.satisfied_by(seen), seen is not None))
             counted.add(seen is not None and len(seen.objects) == len(prompt.spec.objects), seen is not None)
+        self._judge_flags(right)
         self.rows.append(Row("text_to_image/under_specified", "text-to-image",
                              "under-specified prompts: every stated attribute", "held out", satisfied))
         self.rows.append(Row("text_to_image/counts", "text-to-image", "under-specified prompts: the stated count",
                              "held out", counted))
 
-        self._judge_flags([prompt.spec.satisfied_by(shapes.analyze(image)) for prompt, image in zip(partial, images,
-                                                                                                       strict=True)])
         related = [p for p in self._prompts(4, list(HELD_OUT_FAMILIES), "relations", self.multi) if p.spec.relations]
         images = self._draw([p.text for p in related], 4)
-        relations = Rate()
+        relations, right = Rate(), []
         for prompt, image in zip(related, images, strict=True):
             seen = shapes.analyze(image)
-            relations.add(prompt.spec.satisfied_by(seen), seen is not None)
-        self._judge_flags([prompt.spec.satisfied_by(shapes.analyze(image)) for prompt, image in zip(related, images,
-                                                                                                       strict=True)])
+            right.append(relations.add(prompt.spec.satisfied_by(seen), seen is not None))
+        self._judge_flags(right)
         self.rows.append(Row("text_to_image/relations", "text-to-image", "prompts with relations (above, in a row...)",
                              "held out", relations))
         if self.model.generate_flagged is not None:
